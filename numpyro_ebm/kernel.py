@@ -1,0 +1,469 @@
+"""``FlowMCKernel``: flow-assisted MCMC as a NumPyro ensemble kernel.
+
+The kernel is a thin adapter: it turns a NumPyro ``model`` (or a ``potential_fn``) into a
+potential over a flat unconstrained vector, and calls the pure round of
+:mod:`numpyro_ebm.samplers.flowmc` once per MCMC iteration. NumPyro's ``num_chains`` walkers share
+one normalizing flow, so ``MCMC`` must run them with ``chain_method="vectorized"``.
+
+References:
+    [A] L. Grenioux, É. Moulines, M. Gabrié, *Balanced Training of Energy-Based Models with
+    Adaptive Flow Sampling*, arXiv:2306.00684 (2023).
+
+    K. Gabrié, G. Rotskoff, E. Vanden-Eijnden, *Adaptive Monte Carlo augmented with normalizing
+    flows*, PNAS 119 (2022) — the flowMC algorithm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flowjax.distributions import AbstractDistribution
+from jax.flatten_util import ravel_pytree
+from jax.sharding import NamedSharding, PartitionSpec
+from numpyro.infer.ensemble_util import batch_ravel_pytree
+from numpyro.infer.initialization import init_to_uniform
+from numpyro.infer.mcmc import MCMCKernel
+from numpyro.infer.util import initialize_model
+from numpyro.util import identity, is_prng_key
+
+from numpyro_ebm.flows import (
+    default_flow,
+    flow_optimizer,
+    merge_flow,
+    split_flow,
+    standardising_moments,
+)
+from numpyro_ebm.samplers.flowmc import FlowMCConfig, FlowMCWalkerState, flowmc_round
+
+__all__ = ["FlowMCKernel", "FlowMCState"]
+
+#: Target MALA acceptance: the optimal-scaling value of Roberts & Rosenthal (1998), as in [A].
+DEFAULT_TARGET_ACCEPT_PROB = 0.574
+#: Bytes of scratch per fresh i-SIR particle and coordinate: the proposal itself plus the
+#: flow's and the potential's intermediates, estimated generously (8 arrays of the position's
+#: size) so that ``memory_budget_bytes`` is an upper bound in practice.
+_SCRATCH_ARRAYS_PER_PARTICLE = 8
+
+
+class FlowMCState(NamedTuple):
+    """State of :class:`FlowMCKernel`; every per-walker field has the walker axis first.
+
+    Attributes:
+        i: Iterations done (warm-up included).
+        z: Unconstrained positions of the walkers (a pytree like the model's latent sites).
+        potential_energy: ``U(z)`` per walker.
+        accept_prob: Mean MALA acceptance probability of the last iteration, per walker.
+        global_accept_prob: Acceptance probability of the last global move, per walker.
+        num_nonfinite: Proposals of the last iteration with a non-finite potential (rejected).
+        flow_loss: Loss of the last flow fit, repeated per walker (NaN if none this iteration).
+        step_size: MALA step size (scalar; not collectable).
+        flow_params: Trainable arrays of the flow (see :meth:`FlowMCKernel.get_flow`).
+        opt_state: State of the flow's optimizer.
+        buffer: Recent walker positions the flow is fitted on.
+        mean_accept_prob: Running mean of ``accept_prob`` in the current phase (scalar).
+        mean_global_accept_prob: Running mean of ``global_accept_prob`` (scalar).
+        rng_key: PRNG key.
+    """
+
+    i: jax.Array
+    z: Any
+    potential_energy: jax.Array
+    accept_prob: jax.Array
+    global_accept_prob: jax.Array
+    num_nonfinite: jax.Array
+    flow_loss: jax.Array
+    step_size: jax.Array
+    flow_params: Any
+    opt_state: Any
+    buffer: jax.Array
+    mean_accept_prob: jax.Array
+    mean_global_accept_prob: jax.Array
+    rng_key: jax.Array
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _walker_sharding(flat_position: jax.Array) -> NamedSharding | None:
+    """The sharding that keeps walkers split over devices, if they were given split."""
+    sharding = getattr(flat_position, "sharding", None)
+    if not isinstance(sharding, NamedSharding) or len(sharding.device_set) < 2:
+        return None
+    walker_axis = sharding.spec[0] if len(sharding.spec) else None
+    if walker_axis is None:
+        return None
+    return NamedSharding(sharding.mesh, PartitionSpec(walker_axis))
+
+
+class FlowMCKernel(MCMCKernel):
+    """Flow-assisted MCMC ([A] Alg. 5, the flowMC sampler) for NumPyro's ``MCMC``.
+
+    The ``num_chains`` chains of ``MCMC`` are walkers sharing one normalizing flow. Each
+    iteration makes one global move with the flow (i-SIR with ``num_particles`` particles, or
+    independent Metropolis–Hastings) and ``num_local_steps`` MALA steps. During warm-up the MALA
+    step size is adapted toward ``target_accept_prob`` and the flow is fitted by maximum
+    likelihood on the walkers' recent positions; afterwards both are frozen, so the kept draws
+    come from a fixed Markov kernel that leaves the target invariant.
+
+    The flow works in NumPyro's unconstrained space; ``postprocess_fn`` returns constrained
+    values, as for NUTS.
+
+    Args:
+        model: A NumPyro model. Exactly one of ``model`` and ``potential_fn`` is given.
+        potential_fn: Potential energy of one walker's (unconstrained) parameters; then
+            ``init_params`` must be passed to ``MCMC.run``, with the walker axis first.
+        init_strategy: Per-site initialisation, as for NumPyro's kernels.
+        flow: A pre-fitted flowjax flow over the flat unconstrained space; by default the
+            spline coupling flow of :func:`numpyro_ebm.flows.default_flow`, standardised on the
+            initial walkers.
+        fit_flow: Fit the flow during warm-up. With ``False`` the flow is used as given.
+        global_move: ``"isir"`` (default, [A]), ``"imh"``, or ``"none"`` (MALA only).
+        num_particles: i-SIR particles per walker and iteration, the current state included.
+        num_local_steps: MALA steps per iteration.
+        step_size: Initial MALA step size.
+        target_accept_prob: MALA acceptance targeted during warm-up.
+        learning_rate: Adam learning rate of the flow.
+        fit_every: Iterations between flow fits during warm-up.
+        num_fit_steps: Gradient steps per flow fit.
+        fit_batch_size: Points per flow gradient step.
+        buffer_size: Iterations of walker positions kept to fit the flow on.
+        particle_chunk_size: i-SIR particles per walker drawn at once; by default the largest
+            number that fits ``memory_budget_bytes``.
+        memory_budget_bytes: Scratch memory allowed for one chunk of i-SIR particles.
+        flow_seed: Seed of the default flow's initial weights (fixed, so ``init`` is idempotent).
+
+    Example:
+        >>> import jax, numpyro, numpyro.distributions as dist
+        >>> from numpyro.infer import MCMC
+        >>> def model():
+        ...     numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]))
+        >>> mcmc = MCMC(FlowMCKernel(model, num_particles=8), num_warmup=50, num_samples=50,
+        ...             num_chains=16, chain_method="vectorized", progress_bar=False)
+        >>> mcmc.run(jax.random.key(0))
+        >>> mcmc.get_samples(group_by_chain=True)["x"].shape
+        (16, 50, 2)
+    """
+
+    def __init__(
+        self,
+        model: Callable | None = None,
+        potential_fn: Callable | None = None,
+        *,
+        init_strategy: Callable = init_to_uniform,
+        flow: AbstractDistribution | None = None,
+        fit_flow: bool = True,
+        global_move: str = "isir",
+        num_particles: int = 32,
+        num_local_steps: int = 5,
+        step_size: float = 0.1,
+        target_accept_prob: float = DEFAULT_TARGET_ACCEPT_PROB,
+        learning_rate: float = 1e-3,
+        fit_every: int = 1,
+        num_fit_steps: int = 10,
+        fit_batch_size: int = 256,
+        buffer_size: int = 10,
+        particle_chunk_size: int | None = None,
+        memory_budget_bytes: int = 2**28,
+        flow_seed: int = 0,
+    ):
+        if (model is None) == (potential_fn is None):
+            given = "both" if model is not None else "neither"
+            raise ValueError(f"Pass exactly one of `model` and `potential_fn`; got {given}.")
+        if global_move not in ("isir", "imh", "none"):
+            raise ValueError(f"`global_move` must be 'isir', 'imh' or 'none', got {global_move!r}.")
+        if flow is not None and not isinstance(flow, AbstractDistribution):
+            raise TypeError(f"`flow` must be a flowjax distribution, got {type(flow).__name__}.")
+        if not step_size > 0:
+            raise ValueError(f"`step_size` must be positive, got {step_size!r}.")
+        if not 0 < target_accept_prob < 1:
+            raise ValueError(f"`target_accept_prob` must be in (0, 1), got {target_accept_prob!r}.")
+        self._model = model
+        self._potential_fn = potential_fn
+        self._init_strategy = init_strategy
+        self._flow = flow
+        self._optimizer = flow_optimizer(learning_rate)
+        self._step_size = float(step_size)
+        self._num_particles = _positive_int("num_particles", num_particles, minimum=2)
+        self._particle_chunk_size = (
+            None
+            if particle_chunk_size is None
+            else _positive_int("particle_chunk_size", particle_chunk_size)
+        )
+        self._memory_budget_bytes = _positive_int("memory_budget_bytes", memory_budget_bytes)
+        self._buffer_size = _positive_int("buffer_size", buffer_size)
+        self._flow_seed = int(flow_seed)
+        self._round_options = dict(
+            num_local_steps=_positive_int("num_local_steps", num_local_steps, minimum=0),
+            global_move=global_move,
+            num_particles=self._num_particles,
+            target_accept_prob=float(target_accept_prob),
+            fit_flow=bool(fit_flow),
+            fit_every=_positive_int("fit_every", fit_every),
+            num_fit_steps=_positive_int("num_fit_steps", num_fit_steps),
+            fit_batch_size=_positive_int("fit_batch_size", fit_batch_size),
+            optimizer=self._optimizer,
+        )
+        # Set by `init` from the initial walkers; fixed for the run.
+        self._config = None
+        self._potential_fn_gen = None
+        self._postprocess_fn = None
+        self._unravel = None
+        self._flow_static = None
+        self._walker_sharding = None
+        self._num_warmup = 0
+        self._sample_fn = None
+
+    # -- NumPyro's MCMCKernel interface -----------------------------------------------------
+
+    @property
+    def model(self) -> Callable | None:
+        """The NumPyro model, if the kernel was built from one."""
+        return self._model
+
+    @property
+    def sample_field(self) -> str:
+        """Name of the state field holding the draws."""
+        return "z"
+
+    @property
+    def default_fields(self) -> tuple[str, ...]:
+        """Fields collected by ``MCMC.run``; ArviZ shows them in ``sample_stats``."""
+        return ("z", "potential_energy", "accept_prob", "global_accept_prob", "num_nonfinite")
+
+    @property
+    def is_ensemble_kernel(self) -> bool:
+        """Walkers are updated together: ``MCMC`` must use ``chain_method="vectorized"``."""
+        return True
+
+    def get_diagnostics_str(self, state: FlowMCState) -> str:
+        """Progress-bar text: step size and mean local and global acceptance."""
+        return (
+            f"step {float(state.step_size):.2e}. local acc. {float(state.mean_accept_prob):.2f},"
+            f" global acc. {float(state.mean_global_accept_prob):.2f}"
+        )
+
+    def postprocess_fn(self, args, kwargs) -> Callable:
+        """Map one walker's unconstrained values to constrained ones."""
+        if self._postprocess_fn is None:
+            return identity
+        return self._postprocess_fn(*args, **kwargs)
+
+    def init(
+        self,
+        rng_key: jax.Array,
+        num_warmup: int,
+        init_params: Any = None,
+        model_args: tuple = (),
+        model_kwargs: dict | None = None,
+    ) -> FlowMCState:
+        """Initialise the walkers, the flow and the adaptation state.
+
+        Args:
+            rng_key: One PRNG key per walker (``MCMC`` with ``chain_method="vectorized"``).
+            num_warmup: Iterations of adaptation.
+            init_params: Initial unconstrained values with the walker axis first.
+            model_args: Arguments of the model.
+            model_kwargs: Keyword arguments of the model.
+
+        Returns:
+            The initial state.
+        """
+        model_kwargs = {} if model_kwargs is None else model_kwargs
+        num_walkers = self._check_walker_keys(rng_key)
+        key_state, key_model = jax.random.split(rng_key[0])
+        init_params = self._init_potential(
+            jax.random.split(key_model, num_walkers), init_params, model_args, model_kwargs
+        )
+        flat_position, _ = batch_ravel_pytree(init_params)
+        self._unravel = ravel_pytree(jax.tree.map(lambda leaf: leaf[0], init_params))[1]
+        self._walker_sharding = _walker_sharding(flat_position)
+        num_walkers, dim = flat_position.shape
+        self._num_warmup = int(num_warmup)
+
+        flow = self._flow if self._flow is not None else self._default_flow(flat_position)
+        flow_params, self._flow_static = split_flow(flow)
+        self._config = FlowMCConfig(
+            chunk_size=self._chunk_size(num_walkers, dim, flat_position.dtype),
+            **self._round_options,
+        )
+        self._sample_fn = flowmc_round
+
+        potential_fn = self._flat_potential(model_args, model_kwargs)
+        potential_energy = jax.vmap(potential_fn)(flat_position)
+        dtype = flat_position.dtype
+        zeros = jnp.zeros(num_walkers, dtype)
+        return FlowMCState(
+            i=jnp.array(0),
+            z=init_params,
+            potential_energy=potential_energy,
+            accept_prob=zeros,
+            global_accept_prob=zeros,
+            num_nonfinite=jnp.zeros(num_walkers, jnp.int32),
+            flow_loss=jnp.full(num_walkers, jnp.nan, dtype),
+            step_size=jnp.array(self._step_size, dtype),
+            flow_params=flow_params,
+            opt_state=self._optimizer.init(flow_params),
+            buffer=jnp.broadcast_to(flat_position, (self._buffer_size, num_walkers, dim)),
+            mean_accept_prob=jnp.zeros((), dtype),
+            mean_global_accept_prob=jnp.zeros((), dtype),
+            rng_key=key_state,
+        )
+
+    def sample(self, state: FlowMCState, model_args: tuple, model_kwargs: dict) -> FlowMCState:
+        """One iteration: a global flow move, local MALA moves, adaptation during warm-up.
+
+        Args:
+            state: Current state.
+            model_args: Arguments of the model (may change between calls, e.g. EBM weights).
+            model_kwargs: Keyword arguments of the model.
+
+        Returns:
+            The next state.
+        """
+        rng_key, key_round = jax.random.split(state.rng_key)
+        flat_position, unravel_batch = batch_ravel_pytree(state.z)
+        walker_state = FlowMCWalkerState(
+            position=flat_position,
+            step_size=state.step_size,
+            flow_params=state.flow_params,
+            opt_state=state.opt_state,
+            buffer=state.buffer,
+            round_index=state.i,
+        )
+        adapting = state.i < self._num_warmup
+        walker_state, info = flowmc_round(
+            key_round,
+            walker_state,
+            self._flat_potential(model_args, model_kwargs or {}),
+            self._flow_static,
+            self._config,
+            adapting,
+        )
+        position = walker_state.position
+        if self._walker_sharding is not None:
+            position = jax.lax.with_sharding_constraint(position, self._walker_sharding)
+        # Running means restart when sampling starts, so the bar shows the kept draws' rates.
+        count = jnp.where(adapting, state.i + 1, state.i + 1 - self._num_warmup)
+
+        def running_mean(mean, value):
+            return mean + (jnp.mean(value) - mean) / count
+
+        return FlowMCState(
+            i=state.i + 1,
+            z=unravel_batch(position),
+            potential_energy=info.potential_energy,
+            accept_prob=info.accept_prob,
+            global_accept_prob=info.global_accept_prob,
+            num_nonfinite=info.num_nonfinite,
+            flow_loss=jnp.broadcast_to(info.flow_loss, info.accept_prob.shape),
+            step_size=walker_state.step_size,
+            flow_params=walker_state.flow_params,
+            opt_state=walker_state.opt_state,
+            buffer=walker_state.buffer,
+            mean_accept_prob=running_mean(state.mean_accept_prob, info.accept_prob),
+            mean_global_accept_prob=running_mean(
+                state.mean_global_accept_prob, info.global_accept_prob
+            ),
+            rng_key=rng_key,
+        )
+
+    def refresh(self, state: FlowMCState, model_args: tuple, model_kwargs: dict) -> FlowMCState:
+        """Recompute the potential at the current walkers after the model's arguments changed."""
+        flat_position, _ = batch_ravel_pytree(state.z)
+        potential_fn = self._flat_potential(model_args, model_kwargs or {})
+        return state._replace(potential_energy=jax.vmap(potential_fn)(flat_position))
+
+    # -- Flow access ---------------------------------------------------------------------------
+
+    def get_flow(self, state: FlowMCState) -> AbstractDistribution:
+        """The flow held in ``state`` (e.g. ``mcmc.post_warmup_state``), to inspect or reuse.
+
+        A fitted flow can be passed as ``flow=`` to a new kernel, with ``fit_flow=False`` to
+        skip fitting it again.
+
+        Args:
+            state: A state of this kernel.
+
+        Returns:
+            The flowjax flow over the flat unconstrained space.
+        """
+        if self._flow_static is None:
+            raise ValueError("The kernel has not been initialised: run `MCMC.run` first.")
+        return merge_flow(state.flow_params, self._flow_static)
+
+    # -- Internals -----------------------------------------------------------------------------
+
+    def _check_walker_keys(self, rng_key: jax.Array) -> int:
+        if is_prng_key(rng_key):
+            raise ValueError(
+                "FlowMCKernel is an ensemble kernel: its walkers are NumPyro's chains and share "
+                "one flow. Use MCMC(..., num_chains=W, chain_method='vectorized') with W >= 2; "
+                "got a single chain's key (num_chains=1 or chain_method other than 'vectorized')."
+            )
+        return int(rng_key.shape[0])
+
+    def _init_potential(self, rng_key, init_params, model_args, model_kwargs):
+        if self._model is not None:
+            params_info, potential_fn_gen, postprocess_fn, _ = initialize_model(
+                rng_key,
+                self._model,
+                dynamic_args=True,
+                init_strategy=self._init_strategy,
+                model_args=model_args,
+                model_kwargs=model_kwargs,
+                validate_grad=False,
+            )
+            self._potential_fn_gen = potential_fn_gen
+            self._postprocess_fn = postprocess_fn
+            if init_params is None:
+                init_params = params_info[0]
+        elif init_params is None:
+            raise ValueError(
+                "`init_params` (one value per walker, walker axis first) must be passed to "
+                "`MCMC.run` when the kernel is built from `potential_fn`; got None."
+            )
+        num_walkers = rng_key.shape[0]
+        for leaf in jax.tree.leaves(init_params):
+            if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != num_walkers:
+                raise ValueError(
+                    f"Each leaf of `init_params` must have the walker axis first, of size "
+                    f"num_chains={num_walkers}; got a leaf of shape {jnp.shape(leaf)}."
+                )
+        return init_params
+
+    def _flat_potential(self, model_args, model_kwargs) -> Callable[[jax.Array], jax.Array]:
+        potential_fn = (
+            self._potential_fn_gen(*model_args, **model_kwargs)
+            if self._model is not None
+            else self._potential_fn
+        )
+        unravel = self._unravel
+        return lambda flat: potential_fn(unravel(flat))
+
+    def _default_flow(self, flat_position: jax.Array) -> AbstractDistribution:
+        loc, scale = standardising_moments(flat_position)
+        return default_flow(
+            jax.random.key(self._flow_seed), flat_position.shape[1], loc=loc, scale=scale
+        )
+
+    def _chunk_size(self, num_walkers: int, dim: int, dtype) -> int:
+        if self._particle_chunk_size is not None:
+            return min(self._particle_chunk_size, self._num_particles - 1)
+        per_particle = num_walkers * dim * jnp.dtype(dtype).itemsize
+        fitting = self._memory_budget_bytes // (per_particle * _SCRATCH_ARRAYS_PER_PARTICLE)
+        return int(max(1, min(self._num_particles - 1, fitting)))
+
+    def __getstate__(self) -> dict:
+        # Closures over the model are rebuilt by `init`, which `MCMC` calls when `_sample_fn`
+        # is None (as after unpickling).
+        state = self.__dict__.copy()
+        for name in ("_potential_fn_gen", "_postprocess_fn", "_unravel", "_sample_fn"):
+            state[name] = None
+        return state

@@ -1,0 +1,31 @@
+"""Pure sampler functions over batches of walkers (no NumPyro dependency).
+
+- :mod:`~numpyro_ebm.samplers.langevin`: MALA and ULA local moves.
+- :mod:`~numpyro_ebm.samplers.global_moves`: i-SIR and independent MH with a flow proposal.
+- :mod:`~numpyro_ebm.samplers.flowmc`: the flowMC round combining both, with adaptation.
+"""
+
+from numpyro_ebm.samplers.flowmc import (
+    FlowMCConfig,
+    FlowMCRoundInfo,
+    FlowMCWalkerState,
+    flowmc_round,
+)
+from numpyro_ebm.samplers.global_moves import GlobalInfo, imh_step, importance_log_weight, isir_step
+from numpyro_ebm.samplers.langevin import LocalInfo, Walkers, init_walkers, mala_step, ula_step
+
+__all__ = [
+    "FlowMCConfig",
+    "FlowMCRoundInfo",
+    "FlowMCWalkerState",
+    "GlobalInfo",
+    "LocalInfo",
+    "Walkers",
+    "flowmc_round",
+    "imh_step",
+    "importance_log_weight",
+    "init_walkers",
+    "isir_step",
+    "mala_step",
+    "ula_step",
+]
