@@ -156,7 +156,7 @@ def _local_moves(rng_key, walkers: Walkers, potential_fn, step_size, num_steps: 
 
 def _fit_on_buffer(rng_key, state: FlowMCWalkerState, flow_static, config: FlowMCConfig):
     """Fit the flow on the filled part of the buffer (rows not yet written are masked)."""
-    buffer_size, num_walkers, dim = state.buffer.shape
+    buffer_size, _, dim = state.buffer.shape
     filled = jnp.arange(buffer_size) <= state.round_index
     points = jnp.where(filled[:, None, None], state.buffer, jnp.nan).reshape(-1, dim)
     params, opt_state, loss = fit_flow(
