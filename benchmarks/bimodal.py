@@ -71,7 +71,12 @@ def summarise(name: str, draws: np.ndarray, seconds: float) -> dict:
 
 def run_flowmc_kernel(key, dim: int, args) -> dict:
     start = time.perf_counter()
-    kernel = FlowMCKernel(model, num_particles=args.particles, num_local_steps=args.local_steps)
+    kernel = FlowMCKernel(
+        model,
+        num_particles=args.particles,
+        num_local_steps=args.local_steps,
+        flow_options={} if args.transformer == "auto" else {"transformer": args.transformer},
+    )
     mcmc = MCMC(
         kernel,
         num_warmup=args.warmup,
@@ -83,7 +88,11 @@ def run_flowmc_kernel(key, dim: int, args) -> dict:
     key_init, key_run = jax.random.split(key)
     mcmc.run(key_run, dim, init_params={"x": starts(key_init, args.walkers, dim)})
     draws = np.asarray(mcmc.get_samples(group_by_chain=True)["x"])
-    return summarise("FlowMCKernel", draws, time.perf_counter() - start)
+    row = summarise("FlowMCKernel", draws, time.perf_counter() - start)
+    stats = mcmc.get_extra_fields()
+    row["global_accept"] = float(np.mean(stats["global_accept_prob"]))
+    row["local_accept"] = float(np.mean(stats["accept_prob"]))
+    return row
 
 
 def run_nuts(key, dim: int, args) -> dict:
@@ -135,11 +144,12 @@ def run_flowmc_library(key, dim: int, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 16, 64])
-    parser.add_argument("--walkers", type=int, default=128)
+    parser.add_argument("--walkers", type=int, default=256)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--samples", type=int, default=200)
-    parser.add_argument("--particles", type=int, default=32)
+    parser.add_argument("--particles", type=int, default=64)
     parser.add_argument("--local-steps", type=int, default=5)
+    parser.add_argument("--transformer", default="auto", choices=["auto", "spline", "affine"])
     parser.add_argument("--nuts-warmup", type=int, default=500)
     parser.add_argument("--nuts-samples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)

@@ -11,9 +11,10 @@ Built-ins (N(mu, v I) has *variance* v):
 - ``two-modes-2to1``: (1/3) N(-1.5 * 1, 0.05 I) + (2/3) N(1.5 * 1, 0.1 I) in 2-D.
 - ``eight-gaussians``: equal mixture of N(mu_k, 0.15^2 I), mu_k on the unit circle at angle
   2 pi k / 8.
-- ``rings``: radius |R| with R ~ (1/4) sum_{i=0..3} N(i + 1, 0.15^2), uniform angle. The density is
-  log p(|R| = r) - log(2 pi r) with the folded radius density p(r) = p_R(r) + p_R(-r), exact and
-  normalised; below r = 1e-6 it is evaluated at r = 1e-6 to keep it finite (mass affected ~3e-16).
+- ``rings``: radius ``|R|`` with R ~ (1/4) sum_{i=0..3} N(i + 1, 0.15^2), uniform angle. The density
+  is ``log p(|R| = r) - log(2 pi r)`` with the folded radius density p(r) = p_R(r) + p_R(-r),
+  exact and normalised; below r = 1e-6 it is evaluated at r = 1e-6 to keep it finite (mass
+  affected ~3e-16).
   Its modes are rings, not points: ``mode_means`` and ``mode_weights`` are ``None``.
 - ``four-modes``: weights (0.1, 0.2, 0.3, 0.4), N(mu_i, 0.05 I), mu_i = (-3, 0), (-1, 0), (1, 0),
   (3, 0).
@@ -179,7 +180,7 @@ def _rings_sample(
 
 @dataclass(frozen=True, eq=False)
 class _Rings:
-    """Radius |R| with R ~ sum_i w_i N(c_i, s^2), angle uniform on [0, 2 pi), in 2-D."""
+    """Radius ``|R|`` with R ~ sum_i w_i N(c_i, s^2), angle uniform on [0, 2 pi), in 2-D."""
 
     centres: np.ndarray
     std: float

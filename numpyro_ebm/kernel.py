@@ -9,8 +9,8 @@ References:
     [A] L. Grenioux, É. Moulines, M. Gabrié, *Balanced Training of Energy-Based Models with
     Adaptive Flow Sampling*, arXiv:2306.00684 (2023).
 
-    K. Gabrié, G. Rotskoff, E. Vanden-Eijnden, *Adaptive Monte Carlo augmented with normalizing
-    flows*, PNAS 119 (2022) — the flowMC algorithm.
+    M. Gabrié, G. M. Rotskoff, E. Vanden-Eijnden, *Adaptive Monte Carlo augmented with
+    normalizing flows*, PNAS 119 (2022) e2109420119 — the flowMC algorithm.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ DEFAULT_TARGET_ACCEPT_PROB = 0.574
 #: flow's and the potential's intermediates, estimated generously (8 arrays of the position's
 #: size) so that ``memory_budget_bytes`` is an upper bound in practice.
 _SCRATCH_ARRAYS_PER_PARTICLE = 8
+#: Largest dimension whose default flow uses spline transformers (see ``flow_options``).
+_MAX_SPLINE_DIM = 8
 
 
 class FlowMCState(NamedTuple):
@@ -123,6 +125,11 @@ class FlowMCKernel(MCMCKernel):
         flow: A pre-fitted flowjax flow over the flat unconstrained space; by default the
             spline coupling flow of :func:`numpyro_ebm.flows.default_flow`, standardised on the
             initial walkers.
+        flow_options: Keyword arguments of :func:`numpyro_ebm.flows.default_flow` (e.g.
+            ``transformer``, ``flow_layers``, ``nn_width``) for the default flow. Unless set,
+            the transformer is ``"spline"`` up to dimension 8 and ``"affine"`` above: on
+            ``benchmarks/bimodal.py`` in d = 16 and 64 affine coupling reached the same or
+            higher global acceptance at 3× to 15× less cost per proposal.
         fit_flow: Fit the flow during warm-up. With ``False`` the flow is used as given.
         global_move: ``"isir"`` (default, [A]), ``"imh"``, or ``"none"`` (MALA only).
         num_particles: i-SIR particles per walker and iteration, the current state included.
@@ -158,6 +165,7 @@ class FlowMCKernel(MCMCKernel):
         *,
         init_strategy: Callable = init_to_uniform,
         flow: AbstractDistribution | None = None,
+        flow_options: dict | None = None,
         fit_flow: bool = True,
         global_move: str = "isir",
         num_particles: int = 32,
@@ -168,7 +176,7 @@ class FlowMCKernel(MCMCKernel):
         fit_every: int = 1,
         num_fit_steps: int = 10,
         fit_batch_size: int = 256,
-        buffer_size: int = 10,
+        buffer_size: int = 50,
         particle_chunk_size: int | None = None,
         memory_budget_bytes: int = 2**28,
         flow_seed: int = 0,
@@ -187,7 +195,11 @@ class FlowMCKernel(MCMCKernel):
         self._model = model
         self._potential_fn = potential_fn
         self._init_strategy = init_strategy
+        if flow is not None and flow_options:
+            raise ValueError("`flow_options` configure the default flow; got a `flow` as well.")
         self._flow = flow
+        self._flow_options = dict(flow_options or {})
+        self._learning_rate = learning_rate
         self._optimizer = flow_optimizer(learning_rate)
         self._step_size = float(step_size)
         self._num_particles = _positive_int("num_particles", num_particles, minimum=2)
@@ -239,7 +251,7 @@ class FlowMCKernel(MCMCKernel):
 
     @property
     def is_ensemble_kernel(self) -> bool:
-        """Walkers are updated together: ``MCMC`` must use ``chain_method="vectorized"``."""
+        """Walkers are updated together, so ``MCMC`` must use ``chain_method="vectorized"``."""
         return True
 
     def get_diagnostics_str(self, state: FlowMCState) -> str:
@@ -449,9 +461,10 @@ class FlowMCKernel(MCMCKernel):
 
     def _default_flow(self, flat_position: jax.Array) -> AbstractDistribution:
         loc, scale = standardising_moments(flat_position)
-        return default_flow(
-            jax.random.key(self._flow_seed), flat_position.shape[1], loc=loc, scale=scale
-        )
+        dim = flat_position.shape[1]
+        options = {"transformer": "spline" if dim <= _MAX_SPLINE_DIM else "affine"}
+        options.update(self._flow_options)
+        return default_flow(jax.random.key(self._flow_seed), dim, loc=loc, scale=scale, **options)
 
     def _chunk_size(self, num_walkers: int, dim: int, dtype) -> int:
         if self._particle_chunk_size is not None:
@@ -462,8 +475,27 @@ class FlowMCKernel(MCMCKernel):
 
     def __getstate__(self) -> dict:
         # Closures over the model are rebuilt by `init`, which `MCMC` calls when `_sample_fn`
-        # is None (as after unpickling).
+        # is None (as after unpickling). The optax optimizer (hence `_config`) and the flow's
+        # static part (flowjax coupling layers hold a local `constructor` function) are made of
+        # local closures that `pickle` refuses: drop them and rebuild the optimizer on load;
+        # `init` rebuilds the rest.
         state = self.__dict__.copy()
-        for name in ("_potential_fn_gen", "_postprocess_fn", "_unravel", "_sample_fn"):
+        for name in (
+            "_potential_fn_gen",
+            "_postprocess_fn",
+            "_unravel",
+            "_sample_fn",
+            "_optimizer",
+            "_config",
+            "_flow_static",
+        ):
             state[name] = None
+        state["_round_options"] = {
+            key: value for key, value in self._round_options.items() if key != "optimizer"
+        }
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._optimizer = flow_optimizer(self._learning_rate)
+        self._round_options = dict(self._round_options, optimizer=self._optimizer)
