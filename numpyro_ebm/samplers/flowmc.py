@@ -144,6 +144,10 @@ def _global_move(rng_key, walkers: Walkers, flow, potential_fn, config: FlowMCCo
 
 
 def _local_moves(rng_key, walkers: Walkers, potential_fn, step_size, num_steps: int):
+    if num_steps == 0:  # global moves only: nothing to average, nothing to adapt
+        num_walkers = walkers.position.shape[0]
+        return walkers, jnp.zeros(num_walkers, walkers.position.dtype), jnp.zeros(num_walkers, int)
+
     def one_step(walkers, key):
         walkers, info = mala_step(key, walkers, potential_fn, step_size)
         return walkers, (info.accept_prob, info.nonfinite)
@@ -215,7 +219,7 @@ def flowmc_round(
     )
 
     step_size = jnp.where(
-        adapting,
+        adapting & (config.num_local_steps > 0),
         adapt_step_size(
             state.step_size, jnp.mean(accept_prob), config.target_accept_prob, state.round_index
         ),
