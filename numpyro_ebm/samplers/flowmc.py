@@ -246,7 +246,8 @@ def flowmc_round(
         potential_energy=walkers.potential_energy,
         accept_prob=accept_prob,
         global_accept_prob=global_accept_prob,
-        num_nonfinite=global_nonfinite + local_nonfinite,
+        # int32 whatever `jax_enable_x64` says: the kernel state holds int32 counts.
+        num_nonfinite=(global_nonfinite + local_nonfinite).astype(jnp.int32),
         flow_loss=flow_loss,
     )
     return state, info

@@ -134,7 +134,8 @@ def isir_step(
         # The last chunk may run past N - 1 particles: those slots get weight 0.
         in_range = chunk_index * chunk_size + jnp.arange(chunk_size) < num_fresh
         log_weight = jnp.where(in_range, log_weight, -jnp.inf)
-        num_nonfinite += jnp.sum(in_range & (log_weight == -jnp.inf), axis=1)
+        # int32 sum: under `jax_enable_x64` a bool sum is int64 and would change the carry type.
+        num_nonfinite += jnp.sum(in_range & (log_weight == -jnp.inf), axis=1, dtype=jnp.int32)
         score = log_weight + jax.random.gumbel(key_gumbel, log_weight.shape)
         pick = jnp.argmax(score, axis=1)
         chunk_best = jnp.take_along_axis(score, pick[:, None], axis=1)[:, 0]
