@@ -312,7 +312,7 @@ class FlowMCKernel(MCMCKernel):
         dtype = flat_position.dtype
         zeros = jnp.zeros(num_walkers, dtype)
         return FlowMCState(
-            i=jnp.array(0),
+            i=jnp.zeros((), jnp.int32),
             z=init_params,
             potential_energy=potential_energy,
             accept_prob=zeros,

@@ -30,7 +30,13 @@ from numpyro_ebm.flows import fit_flow, merge_flow
 from numpyro_ebm.samplers.global_moves import imh_step, isir_step
 from numpyro_ebm.samplers.langevin import Walkers, init_walkers, mala_step
 
-__all__ = ["FlowMCConfig", "FlowMCRoundInfo", "FlowMCWalkerState", "flowmc_round"]
+__all__ = [
+    "FlowMCConfig",
+    "FlowMCRoundInfo",
+    "FlowMCWalkerState",
+    "adapt_step_size",
+    "flowmc_round",
+]
 
 PotentialFn = Callable[[jax.Array], jax.Array]
 GlobalMove = Literal["isir", "imh", "none"]

@@ -1,0 +1,263 @@
+"""The ``numpyro-ebm`` command line: train a tilted EBM on data, and sample a trained one.
+
+Usage::
+
+    numpyro-ebm train DATA --out DIR [--sampler flowmc|ula|mala|nt] [--epochs N] [--seed S]
+                       [--resume] [--fast] [--steps-per-epoch N] [--walkers W] [--batch-size B]
+                       [--lr LR] [--flow-lr LR] [--l2 L2] [--checkpoint-every N] ...
+    numpyro-ebm sample DIR --num-samples N [--num-chains C] [--num-warmup N] [--seed S]
+
+``train`` accepts a built-in dataset name (``two-modes-2to1``, ``eight-gaussians``, ``rings``,
+``four-modes``, ``gmm-16``, ``gmm-32``, ``gmm-64``) or a ``.npy`` / ``.csv`` file of shape
+``(n, d)``. It writes to ``DIR``: ``settings.json``, ``checkpoints/``, the trained model
+(``model.eqx``, ``model.json``, ``negatives.npy``), ``report.json`` (metrics, settings, timings,
+history) and PNG figures (``energy.png`` in 2-D, ``samples.png``, ``mode_weights.png``,
+``training.png``). ``sample`` writes ``samples.npy`` and ``summary.csv`` (ArviZ) to ``DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FAST_SETTINGS", "main"]
+
+#: Settings of ``--fast``: a tiny run for CI and tests (seconds, not minutes).
+FAST_SETTINGS: dict[str, Any] = dict(
+    num_epochs=2,
+    steps_per_epoch=10,
+    num_walkers=64,
+    batch_size=64,
+    energy_width=16,
+    energy_depth=2,
+    num_particles=8,
+    num_local_steps=2,
+    fit_batch_size=64,
+    num_data=2000,
+    grid_points=40,
+)
+#: Evaluation settings (see :func:`numpyro_ebm.training.evaluate`), normal and ``--fast``.
+_EVALUATION = dict(num_chain_steps=200, num_flowmc_samples=200)
+_FAST_EVALUATION = dict(num_chain_steps=20, num_flowmc_samples=20)
+
+# Command-line option -> TrainConfig field. Options left out keep the default (or, with
+# --resume, the saved setting).
+_CONFIG_OPTIONS = {
+    "sampler": "sampler",
+    "epochs": "num_epochs",
+    "seed": "seed",
+    "steps_per_epoch": "steps_per_epoch",
+    "walkers": "num_walkers",
+    "batch_size": "batch_size",
+    "lr": "learning_rate",
+    "flow_lr": "flow_learning_rate",
+    "l2": "l2_penalty",
+    "ema_decay": "ema_decay",
+    "base_scale": "base_scale",
+    "particles": "num_particles",
+    "local_steps": "num_local_steps",
+    "rounds": "num_rounds",
+    "global_move": "global_move",
+    "width": "energy_width",
+    "depth": "energy_depth",
+    "checkpoint_every": "checkpoint_every",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="numpyro-ebm",
+        description="Flow-assisted training and sampling of energy-based models (NumPyro).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser(
+        "train",
+        help="train a tilted EBM on a dataset",
+        description="Train p(x) ∝ exp(-E(x)) ρ(x) with persistent negatives and write DIR.",
+    )
+    train.add_argument("data", metavar="DATA", help="built-in dataset name, or .npy/.csv file")
+    train.add_argument("--out", required=True, metavar="DIR", help="run directory")
+    train.add_argument(
+        "--sampler", choices=("flowmc", "ula", "mala", "nt"), help="negatives (default flowmc)"
+    )
+    train.add_argument("--epochs", type=int, help="epochs (default 10)")
+    train.add_argument("--seed", type=int, help="seed (default 0)")
+    train.add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint in DIR"
+    )
+    train.add_argument("--fast", action="store_true", help="tiny run for CI and tests")
+    train.add_argument("--steps-per-epoch", type=int, help="EBM steps per epoch (default 200)")
+    train.add_argument("--walkers", type=int, help="persistent walkers (default 512)")
+    train.add_argument("--batch-size", type=int, help="data points per step (default 256)")
+    train.add_argument("--lr", type=float, help="energy learning rate (default 1e-3)")
+    train.add_argument("--flow-lr", type=float, help="flow learning rate (default 1e-3)")
+    train.add_argument("--l2", type=float, help="L2 penalty on energies (default 0)")
+    train.add_argument(
+        "--ema-decay", type=float, help="moving average of the energy (default 0.995; 0: off)"
+    )
+    train.add_argument("--base-scale", type=float, help="σ of ρ (default: data RMS)")
+    train.add_argument("--particles", type=int, help="i-SIR particles (default 32)")
+    train.add_argument("--local-steps", type=int, help="MALA/ULA steps per round (default 5)")
+    train.add_argument("--rounds", type=int, help="flowMC rounds per EBM step (default 1)")
+    train.add_argument("--global-move", choices=("isir", "imh"), help="flow move (default isir)")
+    train.add_argument("--width", type=int, help="energy hidden width (default 64)")
+    train.add_argument("--depth", type=int, help="energy hidden layers (default 3)")
+    train.add_argument(
+        "--checkpoint-every", type=int, help="steps between checkpoints (default: every epoch)"
+    )
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+    sample = commands.add_parser(
+        "sample",
+        help="sample a trained model with FlowMCKernel",
+        description="Sample DIR's model; write DIR/samples.npy and DIR/summary.csv.",
+    )
+    sample.add_argument("run_dir", metavar="DIR", help="run directory of `numpyro-ebm train`")
+    sample.add_argument("--num-samples", type=int, required=True, help="draws per chain")
+    sample.add_argument("--num-chains", type=int, default=64, help="chains (default 64)")
+    sample.add_argument("--num-warmup", type=int, default=200, help="warm-up (default 200)")
+    sample.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    sample.add_argument("--out", metavar="OUT", help="write here instead of DIR")
+    sample.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def _train_config(args: argparse.Namespace):
+    from numpyro_ebm.training import TrainConfig
+    from numpyro_ebm.training.checkpoint import read_json
+    from numpyro_ebm.training.trainer import SETTINGS_FILE
+
+    settings_path = Path(args.out) / SETTINGS_FILE
+    if args.resume and settings_path.exists():
+        config = TrainConfig.from_dict(read_json(settings_path)["config"])
+    else:
+        config = TrainConfig(**(FAST_SETTINGS if args.fast else {}))
+    given = {
+        field: getattr(args, option)
+        for option, field in _CONFIG_OPTIONS.items()
+        if getattr(args, option) is not None
+    }
+    return config.replace(**given)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from numpyro_ebm import plotting
+    from numpyro_ebm.training import evaluate, save_model, train
+    from numpyro_ebm.training.checkpoint import write_json
+
+    start = time.perf_counter()
+    out = Path(args.out)
+    config = _train_config(args)
+    result = train(
+        args.data, config, out_dir=out, resume=args.resume, progress_bar=not args.no_progress
+    )
+    trainer = result.trainer
+    metrics = evaluate(result, **(_FAST_EVALUATION if args.fast else _EVALUATION))
+    negatives = trainer.negatives(result.state)
+    save_model(
+        out,
+        result.energy,
+        trainer.base_scale,
+        flow=result.flow,
+        negatives=negatives,
+        extra={"dataset": trainer.dataset_spec, "sampler": config.sampler},
+    )
+
+    plots_start = time.perf_counter()
+    dataset = trainer.dataset
+    figures = {}
+    if trainer.dim == 2:
+        figures["energy"] = plotting.plot_energy_landscape(
+            trainer.total_energy_fn(result.state),
+            dataset.bounds,
+            out / "energy.png",
+            true_log_prob=dataset.log_prob,
+            grid_points=max(config.grid_points, 50),
+        )
+    figures["samples"] = plotting.plot_samples(
+        trainer.data, negatives, out / "samples.png", bounds=dataset.bounds[:2]
+    )
+    figures["mode_weights"] = plotting.plot_mode_weights(
+        result.history, out / "mode_weights.png", true_weights=dataset.mode_weights
+    )
+    figures["training"] = plotting.plot_training_curves(result.history, out / "training.png")
+    plots_s = time.perf_counter() - plots_start
+
+    report = {
+        "command": "train",
+        "dataset": trainer.dataset_spec,
+        "settings": trainer.settings(),
+        "fast": bool(args.fast),
+        "metrics": metrics,
+        "timings": {
+            **result.timings,
+            "evaluation_s": metrics["evaluation_s"],
+            "plots_s": plots_s,
+            "total_s": time.perf_counter() - start,
+        },
+        "history": result.history,
+        "figures": {name: path.name for name, path in figures.items()},
+    }
+    write_json(out / "report.json", report)
+    summary = ", ".join(
+        f"{name} {metrics[name]:.4g}"
+        for name in (
+            "top_right_weight",
+            "zone_weight_mse",
+            "median_sq_log_density_error",
+            "negatives_max_rhat",
+        )
+        if name in metrics
+    )
+    print(f"trained {config.sampler} EBM on {trainer.dataset_spec}: {summary}")
+    print(f"wrote {out / 'report.json'} in {report['timings']['total_s']:.1f} s")
+    return 0
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from numpyro_ebm.training import sample_run
+
+    for name in ("num_samples", "num_chains"):
+        if getattr(args, name) < (2 if name == "num_chains" else 1):
+            raise ValueError(
+                f"expected --{name.replace('_', '-')} >= {2 if name == 'num_chains' else 1}, "
+                f"got {getattr(args, name)}"
+            )
+    if args.num_warmup < 0:
+        raise ValueError(f"expected --num-warmup >= 0, got {args.num_warmup}")
+    samples_path, summary_path = sample_run(
+        args.run_dir,
+        num_samples=args.num_samples,
+        num_chains=args.num_chains,
+        num_warmup=args.num_warmup,
+        seed=args.seed,
+        out_dir=args.out,
+        progress_bar=not args.no_progress,
+    )
+    print(f"wrote {samples_path} and {summary_path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``numpyro-ebm`` command line.
+
+    Args:
+        argv: Arguments without the program name; ``sys.argv[1:]`` by default.
+
+    Returns:
+        The exit status: 0 on success, 2 for bad input (reported on stderr).
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return _run_train(args)
+        return _run_sample(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+        return 2

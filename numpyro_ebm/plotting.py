@@ -1,0 +1,231 @@
+"""Figures of a training run, saved as PNG files with matplotlib's headless Agg backend.
+
+- :func:`plot_energy_landscape`: the model density ``exp(-E_θ) ρ`` normalised on a 2-D grid
+  (next to the true density when it is known);
+- :func:`plot_samples`: data against negatives or model draws (first two coordinates);
+- :func:`plot_mode_weights`: the model's mode weights over training, with the true weights;
+- :func:`plot_training_curves`: loss and acceptance rates over training.
+
+Every function writes one file and returns its path; nothing is shown on screen.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from numpyro_ebm.metrics import grid, grid_log_density
+
+__all__ = [
+    "plot_energy_landscape",
+    "plot_mode_weights",
+    "plot_samples",
+    "plot_training_curves",
+]
+
+#: Points drawn per scatter: enough to show the shape of a 2-D density, few enough for a
+#: readable picture.
+_MAX_SCATTER_POINTS = 2000
+
+
+def _save(fig: Any, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_energy_landscape(
+    energy_fn: Callable[[Any], Any],
+    bounds: Sequence[Sequence[float]],
+    path: str | os.PathLike,
+    *,
+    true_log_prob: Callable[[Any], Any] | None = None,
+    grid_points: int = 150,
+) -> Path:
+    """Plot the model density ``exp(-energy)`` normalised on a 2-D grid.
+
+    Args:
+        energy_fn: Total energy, ``(n, 2) -> (n,)`` (e.g. ``E_θ(x) - log ρ(x)``).
+        bounds: ``((x_low, x_high), (y_low, y_high))``.
+        path: PNG file to write.
+        true_log_prob: Exact log density ``(n, 2) -> (n,)`` to show alongside, or ``None``.
+        grid_points: Points per axis.
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> import tempfile, jax.numpy as jnp
+        >>> out = Path(tempfile.mkdtemp()) / "energy.png"
+        >>> plot_energy_landscape(lambda x: jnp.sum(x**2, -1), ((-2, 2), (-2, 2)), out,
+        ...                       grid_points=20).exists()
+        True
+    """
+    panels = [("model exp(-E) ρ", energy_fn)]
+    if true_log_prob is not None:
+        panels.append(("true density", lambda x: -true_log_prob(x)))
+    points, _ = grid(bounds, grid_points)
+    extent = [bounds[0][0], bounds[0][1], bounds[1][0], bounds[1][1]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+    for ax, (title, fn) in zip(axes[0], panels, strict=True):
+        density = np.exp(np.asarray(grid_log_density(fn, bounds, grid_points)))
+        image = ax.imshow(
+            density.reshape(grid_points, grid_points),
+            origin="lower",
+            extent=extent,
+            aspect="auto",
+            cmap="viridis",
+        )
+        fig.colorbar(image, ax=ax, fraction=0.046)
+        ax.set_title(title)
+        ax.set_xlabel("x₁")
+        ax.set_ylabel("x₂")
+    del points
+    return _save(fig, path)
+
+
+def _subsample(points: np.ndarray, seed: int = 0) -> np.ndarray:
+    points = np.asarray(points)
+    if len(points) <= _MAX_SCATTER_POINTS:
+        return points
+    rows = np.random.default_rng(seed).choice(len(points), _MAX_SCATTER_POINTS, replace=False)
+    return points[rows]
+
+
+def plot_samples(
+    data: Any,
+    samples: Any,
+    path: str | os.PathLike,
+    *,
+    samples_label: str = "negatives",
+    bounds: Sequence[Sequence[float]] | None = None,
+) -> Path:
+    """Scatter data and samples side by side in their first two coordinates.
+
+    Args:
+        data: Data points ``(n, d)``.
+        samples: Negatives or model draws ``(m, d)``.
+        path: PNG file to write.
+        samples_label: Title of the samples' panel.
+        bounds: Axis limits for the first two coordinates, or ``None``.
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "samples.png"
+        >>> plot_samples(np.zeros((5, 3)), np.ones((5, 3)), out).exists()
+        True
+    """
+    data, samples = np.asarray(data), np.asarray(samples)
+    for name, array in (("data", data), ("samples", samples)):
+        if array.ndim != 2 or array.shape[1] < 1:
+            raise ValueError(f"expected {name} of shape (n, d), got {array.shape}")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharex=True, sharey=True)
+    for ax, points, title, color in (
+        (axes[0], data, "data", "C0"),
+        (axes[1], samples, samples_label, "C1"),
+    ):
+        points = _subsample(points)
+        y = points[:, 1] if points.shape[1] > 1 else np.zeros(len(points))
+        ax.scatter(points[:, 0], y, s=3, alpha=0.5, color=color)
+        ax.set_title(f"{title} ({len(points)} shown)")
+        ax.set_xlabel("x₁")
+        if bounds is not None:
+            ax.set_xlim(bounds[0])
+            if len(bounds) > 1:
+                ax.set_ylim(bounds[1])
+    axes[0].set_ylabel("x₂")
+    return _save(fig, path)
+
+
+def plot_mode_weights(
+    history: Sequence[dict[str, Any]],
+    path: str | os.PathLike,
+    *,
+    true_weights: Any = None,
+) -> Path:
+    """Plot each mode's weight over training epochs, with the true weights dashed.
+
+    Args:
+        history: Per-epoch dicts with ``"epoch"`` and ``"mode_weights"``.
+        path: PNG file to write.
+        true_weights: True mode weights ``(k,)``, or ``None``.
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "weights.png"
+        >>> history = [{"epoch": 1, "mode_weights": [0.5, 0.5]},
+        ...            {"epoch": 2, "mode_weights": [0.4, 0.6]}]
+        >>> plot_mode_weights(history, out, true_weights=[1 / 3, 2 / 3]).exists()
+        True
+    """
+    rows = [entry for entry in history if "mode_weights" in entry]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if rows:
+        epochs = [entry["epoch"] for entry in rows]
+        weights = np.array([entry["mode_weights"] for entry in rows])
+        for mode in range(weights.shape[1]):
+            ax.plot(
+                epochs, weights[:, mode], marker="o", ms=3, color=f"C{mode}", label=f"mode {mode}"
+            )
+            if true_weights is not None:
+                ax.axhline(float(np.asarray(true_weights)[mode]), ls="--", color=f"C{mode}")
+        ax.legend(fontsize="small")
+    else:
+        ax.text(
+            0.5, 0.5, "mode weights unknown for this dataset", ha="center", transform=ax.transAxes
+        )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("zone weight")
+    ax.set_ylim(0, 1)
+    ax.set_title("mode weights over training (dashed: truth)")
+    return _save(fig, path)
+
+
+def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Plot the loss and the acceptance rates per epoch.
+
+    Args:
+        history: Per-epoch dicts with ``"epoch"``, ``"loss"``, ``"accept_prob"`` and
+            ``"global_accept_prob"``.
+        path: PNG file to write.
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "curves.png"
+        >>> history = [{"epoch": 1, "loss": 0.1, "accept_prob": 0.5, "global_accept_prob": 0.2}]
+        >>> plot_training_curves(history, out).exists()
+        True
+    """
+    epochs = [entry["epoch"] for entry in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax_loss.plot(epochs, [entry["loss"] for entry in history], marker="o", ms=3)
+    ax_loss.axhline(0.0, color="gray", lw=0.5)
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_title("loss: mean E(x⁺) − mean E(x⁻)")
+    for name, label in (("accept_prob", "local (MALA)"), ("global_accept_prob", "global (flow)")):
+        ax_acc.plot(epochs, [entry[name] for entry in history], marker="o", ms=3, label=label)
+    ax_acc.set_ylim(0, 1)
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_title("acceptance")
+    ax_acc.legend(fontsize="small")
+    return _save(fig, path)

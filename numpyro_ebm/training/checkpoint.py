@@ -1,0 +1,170 @@
+"""Checkpoints of training states: equinox serialisation of arrays, JSON for everything else.
+
+A state is written with :func:`equinox.tree_serialise_leaves`, which stores each array leaf as a
+``.npy`` record: no pickle, so loading a checkpoint never runs code. Typed PRNG keys are stored
+as their raw ``uint32`` data (:func:`jax.random.key_data`) and wrapped back on loading, with the
+key implementation of the template. Loading needs a template state of the same structure (the
+trainer rebuilds it from the run's settings), as :func:`equinox.tree_deserialise_leaves` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+
+__all__ = [
+    "checkpoint_paths",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "read_json",
+    "save_checkpoint",
+    "write_json",
+]
+
+_CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)\.eqx$")
+
+
+def _is_key(leaf: Any) -> bool:
+    return isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def _keys_to_data(tree: Any) -> Any:
+    return jax.tree.map(lambda leaf: jax.random.key_data(leaf) if _is_key(leaf) else leaf, tree)
+
+
+def _data_to_keys(tree: Any, like: Any) -> Any:
+    def wrap(leaf, template):
+        if _is_key(template):
+            return jax.random.wrap_key_data(leaf, impl=jax.random.key_impl(template))
+        return leaf
+
+    return jax.tree.map(wrap, tree, like)
+
+
+def _write_atomically(path: Path, write) -> None:
+    """Write through a temporary file and rename, so a killed run never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: str | os.PathLike, tree: Any) -> Path:
+    """Write the arrays of ``tree`` (PRNG keys included) to ``path`` without pickle.
+
+    Args:
+        path: File to write.
+        tree: A pytree of arrays (e.g. a training state).
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> import tempfile, jax, jax.numpy as jnp
+        >>> path = Path(tempfile.mkdtemp()) / "state.eqx"
+        >>> tree = {"w": jnp.ones(2), "key": jax.random.key(0)}
+        >>> _ = save_checkpoint(path, tree)
+        >>> loaded = load_checkpoint(path, tree)
+        >>> bool((jax.random.key_data(loaded["key"]) == jax.random.key_data(tree["key"])).all())
+        True
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = _keys_to_data(tree)
+    _write_atomically(path, lambda tmp: eqx.tree_serialise_leaves(tmp, data))
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, like: Any) -> Any:
+    """Read a tree written by :func:`save_checkpoint` into the structure of ``like``.
+
+    Args:
+        path: File to read.
+        like: A tree of the same structure, shapes and dtypes (values are ignored).
+
+    Returns:
+        The stored tree.
+
+    Raises:
+        FileNotFoundError: If there is no file at ``path``.
+        ValueError: If the file does not match the structure of ``like``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
+    template = _keys_to_data(like)
+    try:
+        data = eqx.tree_deserialise_leaves(path, template)
+    except Exception as error:  # equinox raises a variety of errors on a mismatch
+        raise ValueError(
+            f"expected a checkpoint matching the run's settings at {str(path)!r}; it does not "
+            f"fit the state built from those settings: {error}"
+        ) from error
+    return _data_to_keys(data, like)
+
+
+def checkpoint_paths(directory: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Checkpoints ``step_<n>.eqx`` in ``directory``, as ``(step, path)`` sorted by step.
+
+    Args:
+        directory: Folder of checkpoints (may not exist).
+
+    Returns:
+        The checkpoints found.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        match = _CHECKPOINT_PATTERN.match(path.name)
+        if match and path.with_suffix(".json").exists():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(directory: str | os.PathLike) -> tuple[int, Path] | None:
+    """The checkpoint with the most steps in ``directory``, or ``None``.
+
+    Args:
+        directory: Folder of checkpoints.
+
+    Returns:
+        ``(step, path)`` or ``None``.
+    """
+    found = checkpoint_paths(directory)
+    return found[-1] if found else None
+
+
+def write_json(path: str | os.PathLike, content: Any) -> Path:
+    """Write ``content`` as indented JSON, atomically.
+
+    Args:
+        path: File to write.
+        content: JSON-serialisable object.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(content, indent=2, allow_nan=True)
+    _write_atomically(path, lambda tmp: tmp.write_text(text + "\n"))
+    return path
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file.
+
+    Args:
+        path: File to read.
+
+    Returns:
+        The decoded content.
+    """
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,113 @@
+"""Metrics of a trained EBM, as in [A] (METHOD.md §4, "Metrics").
+
+- 2-D with known modes: zone weights of the model by integrating ``exp(-E_θ) ρ`` on a grid,
+  their mean squared error, and the top-right mode's weight (the heavy mode of
+  ``two-modes-2to1``).
+- 2-D with a known density: the median squared log-density error on the grid.
+- Known modes, any dimension: zone weights of the final negatives; for ``d > 2`` also of a
+  :class:`~numpyro_ebm.FlowMCKernel` run on the trained model.
+- Mixing of the negatives: the persistent sampler continues with the energy frozen, and the
+  max R̂ / min bulk ESS are taken across its walkers as independent chains.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from numpyro_ebm.metrics import (
+    median_squared_log_density_error,
+    mixing_diagnostics,
+    zone_weight_mse,
+    zone_weights_from_samples,
+)
+from numpyro_ebm.training.sampling import sample_energy
+from numpyro_ebm.training.trainer import TrainResult
+
+__all__ = ["evaluate"]
+
+
+def _round(values: Any) -> Any:
+    return [float(v) for v in np.asarray(values).ravel()]
+
+
+def evaluate(
+    result: TrainResult,
+    *,
+    num_chain_steps: int = 200,
+    num_flowmc_samples: int = 200,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Compute the report's metrics for a trained model.
+
+    Args:
+        result: A training result.
+        num_chain_steps: Steps of the continued negatives used for R̂ / ESS (the first 64
+            walkers are the chains; see :meth:`~numpyro_ebm.training.Trainer.negative_chains`).
+        num_flowmc_samples: Draws per chain of the FlowMC run on the model (``d > 2`` with
+            known modes only).
+        seed: Seed of the FlowMC run.
+
+    Returns:
+        A JSON-serialisable dict of metrics (see the module's docstring); keys that do not
+        apply to the dataset are absent.
+    """
+    trainer, state = result.trainer, result.state
+    dataset, dim = trainer.dataset, trainer.dim
+    start = time.perf_counter()
+    metrics: dict[str, Any] = {"dim": dim, "steps": int(state.step)}
+    negatives = np.asarray(trainer.negatives(state))
+    total_energy = trainer.total_energy_fn(state)
+    means, true_weights = dataset.mode_means, dataset.mode_weights
+
+    if means is not None:
+        metrics["true_mode_weights"] = _round(true_weights)
+        weights = zone_weights_from_samples(negatives, means)
+        metrics["negatives_mode_weights"] = _round(weights)
+        metrics["negatives_zone_weight_mse"] = zone_weight_mse(weights, true_weights)
+        if dim == 2:
+            weights = trainer.mode_weights(state)
+            metrics["mode_weights"] = _round(weights)
+            metrics["zone_weight_mse"] = zone_weight_mse(weights, true_weights)
+            top_right = int(np.argmax(np.sum(means, axis=1)))
+            metrics["top_right_weight"] = float(weights[top_right])
+            metrics["true_top_right_weight"] = float(true_weights[top_right])
+        else:
+            mcmc = sample_energy(
+                jax.random.key(seed),
+                trainer.energy(state),
+                dim,
+                trainer.base_scale,
+                num_samples=num_flowmc_samples,
+                num_chains=min(trainer.config.num_walkers, 256),
+                num_warmup=num_flowmc_samples,
+                flow=trainer.flow(state),
+                init_positions=negatives,
+                num_particles=trainer.config.num_particles,
+            )
+            draws = np.asarray(mcmc.get_samples()["x"])
+            weights = zone_weights_from_samples(draws, means)
+            metrics["mode_weights"] = _round(weights)
+            metrics["zone_weight_mse"] = zone_weight_mse(weights, true_weights)
+    if dim == 2 and dataset.log_prob is not None:
+        metrics["median_sq_log_density_error"] = median_squared_log_density_error(
+            total_energy, dataset.log_prob, dataset.bounds, trainer.config.grid_points
+        )
+
+    chains = trainer.negative_chains(state, num_chain_steps)
+    if np.all(np.isfinite(chains)):
+        metrics.update({f"negatives_{k}": v for k, v in mixing_diagnostics(chains).items()})
+    else:
+        metrics["negatives_max_rhat"] = float("nan")
+        metrics["negatives_min_ess_bulk"] = float("nan")
+    metrics["negatives_num_chains"] = int(chains.shape[0])
+    metrics["negatives_num_draws"] = int(chains.shape[1])
+    last = result.history[-1] if result.history else {}
+    for name in ("loss", "accept_prob", "global_accept_prob", "flow_loss"):
+        if name in last:
+            metrics[f"final_{name}"] = last[name]
+    metrics["evaluation_s"] = time.perf_counter() - start
+    return metrics
