@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -379,7 +380,10 @@ def load_data(path: str | os.PathLike) -> np.ndarray:
     else:
         skiprows = 1 if _csv_has_header(path) else 0
         try:
-            array = np.loadtxt(path, delimiter=",", skiprows=skiprows, ndmin=2)
+            with warnings.catch_warnings():
+                # An empty file is reported by `validate_data` below, as a ValueError.
+                warnings.filterwarnings("ignore", message="loadtxt: input contained no data")
+                array = np.loadtxt(path, delimiter=",", skiprows=skiprows, ndmin=2)
         except ValueError as error:
             raise ValueError(
                 f"expected comma-separated numbers in {str(path)!r}, got: {error}"

@@ -16,7 +16,6 @@ References:
 """
 
 import math
-import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -28,25 +27,10 @@ import numpyro.distributions as dist
 from jax.typing import ArrayLike
 from numpyro.distributions import constraints
 
+from numpyro_ebm._checks import positive_float, positive_int
+
 EBM_FACTOR_KEY = "ebm_factor"
 """Key of the ``infer`` dict that marks a sample site as an EBM factor."""
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-    return int(value)
-
-
-def _check_positive_scale(name: str, value: Any) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"`{name}` must be a positive finite float, got {value!r}.")
-    return float(value)
 
 
 # Module-level activations so that an MLPEnergy pickles: `jax.nn.silu` is a jitted object that
@@ -96,9 +80,9 @@ class MLPEnergy(eqx.Module):
         activation: Callable[[jax.Array], jax.Array] = _silu,
         key: jax.Array,
     ):
-        self.dim = _check_positive_int("dim", dim)
-        self.width = _check_positive_int("width", width)
-        self.depth = _check_positive_int("depth", depth)
+        self.dim = positive_int("dim", dim)
+        self.width = positive_int("width", width)
+        self.depth = positive_int("depth", depth)
         if not callable(activation):
             raise TypeError(f"`activation` must be callable, got {type(activation).__name__}.")
         mlp = eqx.nn.MLP(
@@ -187,7 +171,7 @@ class TiltedEnergy(eqx.Module):
         if not callable(energy):
             raise TypeError(f"`energy` must be callable, got {type(energy).__name__}.")
         self.energy = energy
-        self.base_scale = _check_positive_scale("base_scale", base_scale)
+        self.base_scale = positive_float("base_scale", base_scale)
 
     def __call__(self, x: ArrayLike) -> jax.Array:
         """Total energy of one point.
@@ -309,9 +293,9 @@ def ebm_model(
     """
     if not callable(energy):
         raise TypeError(f"`energy` must be callable, got {type(energy).__name__}.")
-    dim = _check_positive_int("dim", dim)
+    dim = positive_int("dim", dim)
     if base_scale is not None:
-        base_scale = _check_positive_scale("base_scale", base_scale)
+        base_scale = positive_float("base_scale", base_scale)
     _, energy_static = eqx.partition(energy, eqx.is_array)
 
     def model(energy_params: Any = None) -> None:

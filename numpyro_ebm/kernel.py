@@ -20,7 +20,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flowjax.distributions import AbstractDistribution
 from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding, PartitionSpec
@@ -30,6 +29,7 @@ from numpyro.infer.mcmc import MCMCKernel
 from numpyro.infer.util import initialize_model
 from numpyro.util import identity, is_prng_key
 
+from numpyro_ebm._checks import positive_int
 from numpyro_ebm.flows import (
     default_flow,
     flow_optimizer,
@@ -85,12 +85,6 @@ class FlowMCState(NamedTuple):
     mean_accept_prob: jax.Array
     mean_global_accept_prob: jax.Array
     rng_key: jax.Array
-
-
-def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
 
 
 def _walker_sharding(flat_position: jax.Array) -> NamedSharding | None:
@@ -202,24 +196,24 @@ class FlowMCKernel(MCMCKernel):
         self._learning_rate = learning_rate
         self._optimizer = flow_optimizer(learning_rate)
         self._step_size = float(step_size)
-        self._num_particles = _positive_int("num_particles", num_particles, minimum=2)
+        self._num_particles = positive_int("num_particles", num_particles, minimum=2)
         self._particle_chunk_size = (
             None
             if particle_chunk_size is None
-            else _positive_int("particle_chunk_size", particle_chunk_size)
+            else positive_int("particle_chunk_size", particle_chunk_size)
         )
-        self._memory_budget_bytes = _positive_int("memory_budget_bytes", memory_budget_bytes)
-        self._buffer_size = _positive_int("buffer_size", buffer_size)
+        self._memory_budget_bytes = positive_int("memory_budget_bytes", memory_budget_bytes)
+        self._buffer_size = positive_int("buffer_size", buffer_size)
         self._flow_seed = int(flow_seed)
         self._round_options = dict(
-            num_local_steps=_positive_int("num_local_steps", num_local_steps, minimum=0),
+            num_local_steps=positive_int("num_local_steps", num_local_steps, minimum=0),
             global_move=global_move,
             num_particles=self._num_particles,
             target_accept_prob=float(target_accept_prob),
             fit_flow=bool(fit_flow),
-            fit_every=_positive_int("fit_every", fit_every),
-            num_fit_steps=_positive_int("num_fit_steps", num_fit_steps),
-            fit_batch_size=_positive_int("fit_batch_size", fit_batch_size),
+            fit_every=positive_int("fit_every", fit_every),
+            num_fit_steps=positive_int("num_fit_steps", num_fit_steps),
+            fit_batch_size=positive_int("fit_batch_size", fit_batch_size),
             optimizer=self._optimizer,
         )
         # Set by `init` from the initial walkers; fixed for the run.

@@ -82,11 +82,11 @@ def test_mlp_energy_pickles():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"dim": 0}, "`dim` must be a positive int, got 0"),
-        ({"dim": 2.0}, "`dim` must be a positive int, got 2.0"),
-        ({"dim": True}, "`dim` must be a positive int, got True"),
-        ({"dim": 2, "width": -1}, "`width` must be a positive int, got -1"),
-        ({"dim": 2, "depth": 0}, "`depth` must be a positive int, got 0"),
+        ({"dim": 0}, "`dim` must be an integer >= 1, got 0"),
+        ({"dim": 2.0}, "`dim` must be an integer >= 1, got 2.0"),
+        ({"dim": True}, "`dim` must be an integer >= 1, got True"),
+        ({"dim": 2, "width": -1}, "`width` must be an integer >= 1, got -1"),
+        ({"dim": 2, "depth": 0}, "`depth` must be an integer >= 1, got 0"),
     ],
 )
 def test_mlp_energy_rejects_bad_hyperparameters(kwargs, match):
@@ -166,7 +166,7 @@ def test_tilted_energy_value_and_validation():
     x = jnp.array([0.5, 2.0])
     tilted = TiltedEnergy(_quadratic, base_scale=2.0)
     np.testing.assert_allclose(tilted(x), _quadratic(x) - base_log_prob(x, 2.0), rtol=1e-6)
-    with pytest.raises(ValueError, match=r"`base_scale` must be a positive finite float, got 0\.0"):
+    with pytest.raises(ValueError, match=r"`base_scale` must be a positive finite number, got 0\.0"):
         TiltedEnergy(_quadratic, base_scale=0.0)
     with pytest.raises(ValueError, match="got inf"):
         TiltedEnergy(_quadratic, base_scale=float("inf"))
@@ -255,7 +255,7 @@ def test_ebm_model_energy_params_argument():
 @pytest.mark.parametrize(
     ("args", "kwargs", "error", "match"),
     [
-        ((_quadratic, 0), {}, ValueError, "`dim` must be a positive int, got 0"),
+        ((_quadratic, 0), {}, ValueError, "`dim` must be an integer >= 1, got 0"),
         ((_quadratic, 2), {"base_scale": -1.0}, ValueError, "got -1.0"),
         ((None, 2), {}, TypeError, "`energy` must be callable, got NoneType"),
     ],

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 from flowjax.distributions import AbstractDistribution, Transformed
 
+from numpyro_ebm._checks import positive_float, positive_int
 from numpyro_ebm.energies import TiltedEnergy, ebm_model
 from numpyro_ebm.flows import default_flow, fit_flow, flow_optimizer, merge_flow, split_flow
 from numpyro_ebm.kernel import FlowMCKernel
@@ -100,18 +101,6 @@ class NegativeSampler(NamedTuple):
     get_flow: Callable[[Any], AbstractDistribution | None]
 
 
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
-    return value
-
-
-def _check_positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
-    return float(value)
-
-
 def _check_positions(positions: jax.Array, dim: int) -> jax.Array:
     positions = jnp.asarray(positions)
     if positions.ndim != 2 or positions.shape[1] != dim or positions.shape[0] < 2:
@@ -145,8 +134,8 @@ def _kernel_sampler(
     fit_batch_size: int,
     flow_seed: int,
 ) -> NegativeSampler:
-    num_rounds = _check_positive_int("num_rounds", num_rounds)
-    base_scale = _check_positive("base_scale", base_scale)
+    num_rounds = positive_int("num_rounds", num_rounds)
+    base_scale = positive_float("base_scale", base_scale)
     _, energy_static = eqx.partition(energy, eqx.is_array)
     model = ebm_model(energy_static, dim, base_scale=base_scale)
     # The flow starts as ρ = N(0, σ² I) exactly, so model and flow start equal (METHOD.md §1).
@@ -365,9 +354,9 @@ def ula_sampler(
         >>> float(info.accept_prob)
         1.0
     """
-    num_steps = _check_positive_int("num_steps", num_steps)
-    step_size = _check_positive("step_size", step_size)
-    base_scale = _check_positive("base_scale", base_scale)
+    num_steps = positive_int("num_steps", num_steps)
+    step_size = positive_float("step_size", step_size)
+    base_scale = positive_float("base_scale", base_scale)
     _, energy_static = eqx.partition(energy, eqx.is_array)
 
     def init(rng_key, positions, energy_params):
@@ -483,10 +472,10 @@ def nt_sampler(
         >>> sampler.positions(state).shape, sampler.get_flow(state).shape
         ((8, 2), (2,))
     """
-    num_steps = _check_positive_int("num_steps", num_steps)
-    step_size = _check_positive("step_size", step_size)
-    base_scale = _check_positive("base_scale", base_scale)
-    fit_batch_size = _check_positive_int("fit_batch_size", fit_batch_size)
+    num_steps = positive_int("num_steps", num_steps)
+    step_size = positive_float("step_size", step_size)
+    base_scale = positive_float("base_scale", base_scale)
+    fit_batch_size = positive_int("fit_batch_size", fit_batch_size)
     if not 0 < target_accept_prob < 1:
         raise ValueError(f"`target_accept_prob` must be in (0, 1), got {target_accept_prob!r}.")
     _, energy_static = eqx.partition(energy, eqx.is_array)

@@ -37,6 +37,7 @@ import optax
 from flowjax.distributions import AbstractDistribution
 from tqdm.auto import tqdm
 
+from numpyro_ebm._checks import positive_float, positive_int
 from numpyro_ebm.datasets import Dataset, get_dataset
 from numpyro_ebm.energies import MLPEnergy, TiltedEnergy
 from numpyro_ebm.metrics import zone_weights_from_energy, zone_weights_from_samples
@@ -152,17 +153,17 @@ class TrainConfig:
             "fit_batch_size",
             "num_data",
         ):
-            _check_int(name, getattr(self, name), 1)
-        _check_int("num_walkers", self.num_walkers, 2)
-        _check_int("num_particles", self.num_particles, 2)
-        _check_int("grid_points", self.grid_points, 2)
-        _check_int("seed", self.seed, 0)
+            positive_int(name, getattr(self, name), 1)
+        positive_int("num_walkers", self.num_walkers, 2)
+        positive_int("num_particles", self.num_particles, 2)
+        positive_int("grid_points", self.grid_points, 2)
+        positive_int("seed", self.seed, 0)
         if self.checkpoint_every is not None:
-            _check_int("checkpoint_every", self.checkpoint_every, 1)
+            positive_int("checkpoint_every", self.checkpoint_every, 1)
         for name in ("learning_rate", "flow_learning_rate", "step_size", "ula_step_size"):
-            _check_positive(name, getattr(self, name))
+            positive_float(name, getattr(self, name))
         if self.base_scale is not None:
-            _check_positive("base_scale", self.base_scale)
+            positive_float("base_scale", self.base_scale)
         if not (isinstance(self.ema_decay, int | float) and 0 <= self.ema_decay < 1):
             raise ValueError(f"expected `ema_decay` in [0, 1), got {self.ema_decay!r}")
         if not (isinstance(self.l2_penalty, int | float) and self.l2_penalty >= 0):
@@ -201,21 +202,6 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"expected settings among {sorted(known)}, got unknown {unknown}")
         return cls(**settings)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"expected `{name}` an integer >= {minimum}, got {value!r}")
-
-
-def _check_positive(name: str, value: Any) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"expected `{name}` a positive finite number, got {value!r}")
 
 
 class TrainState(NamedTuple):
@@ -585,7 +571,7 @@ class Trainer:
         Returns:
             Positions of shape ``(min(num_walkers, 64), num_steps, dim)``.
         """
-        _check_int("num_steps", num_steps, 1)
+        positive_int("num_steps", num_steps, 1)
         paths = []
         for _ in range(-(-num_steps // self.chunk_size)):
             state, (_, traced) = self._run_chunk(state, self.data, True)
@@ -658,10 +644,10 @@ class Trainer:
             ValueError: If ``resume`` is asked without ``out_dir``, or the saved settings
                 differ from these.
         """
-        _check_int("keep_checkpoints", keep_checkpoints, 1)
+        positive_int("keep_checkpoints", keep_checkpoints, 1)
         cfg = self.config
         if num_epochs is not None:
-            _check_int("num_epochs", num_epochs, 1)
+            positive_int("num_epochs", num_epochs, 1)
             cfg = cfg.replace(num_epochs=num_epochs)
         time_start = time.perf_counter()
         history: list[dict[str, Any]] = []
