@@ -389,7 +389,7 @@ class FlowMCKernel(MCMCKernel):
     # -- Flow access ---------------------------------------------------------------------------
 
     def get_flow(self, state: FlowMCState) -> AbstractDistribution:
-        """The flow held in ``state`` (e.g. ``mcmc.post_warmup_state``), to inspect or reuse.
+        """The flow held in ``state`` (e.g. ``mcmc.last_state``), to inspect or reuse.
 
         A fitted flow can be passed as ``flow=`` to a new kernel, with ``fit_flow=False`` to
         skip fitting it again.
@@ -402,6 +402,12 @@ class FlowMCKernel(MCMCKernel):
         """
         if self._flow_static is None:
             raise ValueError("The kernel has not been initialised: run `MCMC.run` first.")
+        if not isinstance(state, FlowMCState):
+            raise TypeError(
+                "`state` must be a FlowMCState such as `mcmc.last_state` (or "
+                "`mcmc.post_warmup_state` after `mcmc.warmup(...)`); got "
+                f"{type(state).__name__}."
+            )
         return merge_flow(state.flow_params, self._flow_static)
 
     # -- Internals -----------------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""Figures of a training run, saved as PNG files with matplotlib's headless Agg backend.
+"""Figures of a training run, saved as PNG files.
+
+The functions draw on bare :class:`matplotlib.figure.Figure` objects, never on pyplot's global
+state, so they work headless and leave an interactive session's backend alone.
 
 - :func:`plot_energy_landscape`: the model density ``exp(-E_θ) ρ`` normalised on a 2-D grid
   (next to the true density when it is known);
@@ -16,12 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 from numpyro_ebm.metrics import grid, grid_log_density
 
@@ -41,7 +40,6 @@ def _save(fig: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -77,7 +75,8 @@ def plot_energy_landscape(
         panels.append(("true density", lambda x: -true_log_prob(x)))
     points, _ = grid(bounds, grid_points)
     extent = [bounds[0][0], bounds[0][1], bounds[1][0], bounds[1][1]]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+    fig = Figure(figsize=(4.5 * len(panels), 4))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (title, fn) in zip(axes[0], panels, strict=True):
         density = np.exp(np.asarray(grid_log_density(fn, bounds, grid_points)))
         image = ax.imshow(
@@ -133,7 +132,8 @@ def plot_samples(
     for name, array in (("data", data), ("samples", samples)):
         if array.ndim != 2 or array.shape[1] < 1:
             raise ValueError(f"expected {name} of shape (n, d), got {array.shape}")
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharex=True, sharey=True)
+    fig = Figure(figsize=(9, 4))
+    axes = fig.subplots(1, 2, sharex=True, sharey=True)
     for ax, points, title, color in (
         (axes[0], data, "data", "C0"),
         (axes[1], samples, samples_label, "C1"),
@@ -176,7 +176,8 @@ def plot_mode_weights(
         True
     """
     rows = [entry for entry in history if "mode_weights" in entry]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     if rows:
         epochs = [entry["epoch"] for entry in rows]
         weights = np.array([entry["mode_weights"] for entry in rows])
@@ -217,7 +218,8 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathL
         True
     """
     epochs = [entry["epoch"] for entry in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = Figure(figsize=(9, 3.5))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     ax_loss.plot(epochs, [entry["loss"] for entry in history], marker="o", ms=3)
     ax_loss.axhline(0.0, color="gray", lw=0.5)
     ax_loss.set_xlabel("epoch")
