@@ -166,7 +166,9 @@ def test_tilted_energy_value_and_validation():
     x = jnp.array([0.5, 2.0])
     tilted = TiltedEnergy(_quadratic, base_scale=2.0)
     np.testing.assert_allclose(tilted(x), _quadratic(x) - base_log_prob(x, 2.0), rtol=1e-6)
-    with pytest.raises(ValueError, match=r"`base_scale` must be a positive finite number, got 0\.0"):
+    with pytest.raises(
+        ValueError, match=r"`base_scale` must be a positive finite number, got 0\.0"
+    ):
         TiltedEnergy(_quadratic, base_scale=0.0)
     with pytest.raises(ValueError, match="got inf"):
         TiltedEnergy(_quadratic, base_scale=float("inf"))
