@@ -559,3 +559,14 @@ def test_mcmc_pickles_after_a_run_and_continues():
     assert int(loaded.last_state.i) == int(last_state.i) + 10
     assert _leaves_equal(loaded.last_state.flow_params, last_state.flow_params)
     assert isinstance(loaded.sampler.get_flow(loaded.last_state), AbstractDistribution)
+
+
+def test_get_flow_names_the_state_it_needs():
+    kernel = FlowMCKernel(potential_fn=lambda z: 0.5 * jnp.sum(z["x"] ** 2), num_particles=4)
+    state = kernel.init(
+        jax.random.split(jax.random.key(0), 4), 0, init_params={"x": jnp.zeros((4, 2))}
+    )
+    assert kernel.get_flow(state).shape == (2,)
+    # `mcmc.post_warmup_state` is None unless `mcmc.warmup` ran: say what to pass instead.
+    with pytest.raises(TypeError, match=r"mcmc\.last_state"):
+        kernel.get_flow(None)
