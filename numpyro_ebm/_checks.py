@@ -1,4 +1,4 @@
-"""Validation of user-given sizes and scales, with errors that name what was expected and given."""
+"""Validation of user-given sizes, scales and PRNG keys, with errors naming expected and given."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["positive_float", "positive_int"]
+import jax
+import numpy as np
+
+__all__ = ["positive_float", "positive_int", "typed_key"]
 
 
 def positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -59,3 +62,55 @@ def positive_float(name: str, value: Any) -> float:
     ):
         raise ValueError(f"`{name}` must be a positive finite number, got {value!r}.")
     return float(value)
+
+
+def typed_key(key: Any) -> jax.Array:
+    """Return ``key`` as a new-style typed PRNG key, accepting a raw ``uint32`` key as well.
+
+    NumPyro's examples make keys with ``jax.random.PRNGKey`` (raw ``uint32`` data of shape
+    ``(2,)`` for the default implementation); flowjax requires typed keys
+    (``jax.random.key``). Public functions convert their key here, at the boundary, so both
+    kinds work and give the same draws for the same key data. Works on traced keys too.
+
+    Args:
+        key: A typed key of shape ``()`` or a raw ``uint32`` key of the default
+            implementation's shape (``(2,)`` for threefry).
+
+    Returns:
+        A typed key with the same key data.
+
+    Raises:
+        TypeError: If ``key`` is neither kind of single key.
+
+    Example:
+        >>> import jax
+        >>> raw, typed = jax.random.PRNGKey(0), jax.random.key(0)
+        >>> bool((jax.random.key_data(typed_key(raw)) == jax.random.key_data(typed)).all())
+        True
+        >>> typed_key(0)
+        Traceback (most recent call last):
+        ...
+        TypeError: Expected a PRNG key: a typed key ... or a raw uint32 key ...; got int 0.
+    """
+    dtype = getattr(key, "dtype", None)
+    shape = getattr(key, "shape", None)
+    is_typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+    if is_typed and shape == ():
+        return key
+    raw_shape = _raw_key_shape()
+    if not is_typed and dtype == np.uint32 and shape == raw_shape:
+        return jax.random.wrap_key_data(key)
+    given = (
+        f"an array of dtype {dtype} and shape {shape}"
+        if dtype is not None
+        else f"{type(key).__name__} {key!r}"
+    )
+    raise TypeError(
+        "Expected a PRNG key: a typed key of shape () (`jax.random.key`) or a raw uint32 key "
+        f"of shape {raw_shape} (`jax.random.PRNGKey`); got {given}."
+    )
+
+
+def _raw_key_shape() -> tuple[int, ...]:
+    """Shape of a raw key of the default PRNG implementation (``(2,)`` for threefry)."""
+    return jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape

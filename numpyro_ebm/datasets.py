@@ -37,6 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
+from numpyro_ebm._checks import typed_key
+
 __all__ = ["Dataset", "get_dataset", "list_datasets", "load_data", "validate_data"]
 
 _SUPPORTED_SUFFIXES = (".npy", ".csv")
@@ -147,7 +149,7 @@ class _GaussianMixture:
         return _mixture_log_prob(x, self.means, self.stds, self.weights)
 
     def sample(self, key: jax.Array, n: int) -> jax.Array:
-        return _mixture_sample(key, n, self.means, self.stds, self.weights)
+        return _mixture_sample(typed_key(key), n, self.means, self.stds, self.weights)
 
 
 @jax.jit
@@ -191,7 +193,7 @@ class _Rings:
         return _rings_log_prob(_check_points(x, 2), self.centres, self.std, self.weights)
 
     def sample(self, key: jax.Array, n: int) -> jax.Array:
-        return _rings_sample(key, n, self.centres, self.std, self.weights)
+        return _rings_sample(typed_key(key), n, self.centres, self.std, self.weights)
 
 
 def _mixture(name: str, means: np.ndarray, stds: np.ndarray, weights: np.ndarray) -> Dataset:

@@ -27,7 +27,7 @@ import numpyro.distributions as dist
 from jax.typing import ArrayLike
 from numpyro.distributions import constraints
 
-from numpyro_ebm._checks import positive_float, positive_int
+from numpyro_ebm._checks import positive_float, positive_int, typed_key
 
 EBM_FACTOR_KEY = "ebm_factor"
 """Key of the ``infer`` dict that marks a sample site as an EBM factor."""
@@ -92,7 +92,7 @@ class MLPEnergy(eqx.Module):
             depth=self.depth,
             activation=activation,
             final_activation=_identity,
-            key=key,
+            key=typed_key(key),
         )
         last = mlp.layers[-1]
         self.mlp = eqx.tree_at(

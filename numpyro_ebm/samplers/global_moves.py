@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from flowjax.distributions import AbstractDistribution
 
+from numpyro_ebm._checks import typed_key
+
 __all__ = ["GlobalInfo", "imh_step", "importance_log_weight", "isir_step"]
 
 PotentialFn = Callable[[jax.Array], jax.Array]
@@ -109,7 +111,7 @@ def isir_step(
     num_walkers, dim = position.shape
     num_fresh = num_particles - 1
     num_chunks = -(-num_fresh // chunk_size)
-    key_current, key_chunks = jax.random.split(rng_key)
+    key_current, key_chunks = jax.random.split(typed_key(rng_key))
 
     current_log_weight = importance_log_weight(potential_energy, flow.log_prob(position))
     current_score = current_log_weight + jax.random.gumbel(key_current, (num_walkers,))
@@ -183,7 +185,7 @@ def imh_step(
         ``(position, potential_energy, info)`` after the move.
     """
     num_walkers = position.shape[0]
-    key_draw, key_accept = jax.random.split(rng_key)
+    key_draw, key_accept = jax.random.split(typed_key(rng_key))
     current_log_weight = importance_log_weight(potential_energy, flow.log_prob(position))
     draws, energy, log_weight = _draw_and_weigh(
         key_draw, flow, potential_fn, num_walkers, position.dtype

@@ -18,6 +18,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from numpyro_ebm._checks import typed_key
+
 __all__ = [
     "LocalInfo",
     "Walkers",
@@ -152,7 +154,7 @@ def mala_step(
         >>> info.accept_prob.shape
         (4,)
     """
-    key_proposal, key_accept = jax.random.split(rng_key)
+    key_proposal, key_accept = jax.random.split(typed_key(rng_key))
     position = _langevin_proposal(key_proposal, walkers, step_size)
     energy, grad, finite = _value_and_grad(potential_fn, position)
     proposal = Walkers(position, energy, grad)
@@ -180,7 +182,7 @@ def ula_step(
     Returns:
         The new walkers and per-walker diagnostics (``accept_prob`` is 1 where finite).
     """
-    position = _langevin_proposal(rng_key, walkers, step_size)
+    position = _langevin_proposal(typed_key(rng_key), walkers, step_size)
     energy, grad, finite = _value_and_grad(potential_fn, position)
     moved = _select(finite, Walkers(position, energy, grad), walkers)
     accept_prob = finite.astype(position.dtype)

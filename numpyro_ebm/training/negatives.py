@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 from flowjax.distributions import AbstractDistribution, Transformed
 
-from numpyro_ebm._checks import positive_float, positive_int
+from numpyro_ebm._checks import positive_float, positive_int, typed_key
 from numpyro_ebm.energies import TiltedEnergy, ebm_model
 from numpyro_ebm.flows import default_flow, fit_flow, flow_optimizer, merge_flow, split_flow
 from numpyro_ebm.kernel import FlowMCKernel
@@ -159,7 +159,7 @@ def _kernel_sampler(
     def init(rng_key, positions, energy_params):
         positions = _check_positions(positions, dim)
         return kernel.init(
-            jax.random.split(rng_key, positions.shape[0]),
+            jax.random.split(typed_key(rng_key), positions.shape[0]),
             num_warmup=_ENDLESS_WARMUP,
             init_params={"x": positions},
             model_args=(energy_params,),
@@ -362,7 +362,7 @@ def ula_sampler(
     def init(rng_key, positions, energy_params):
         positions = _check_positions(positions, dim)
         potential_fn = _tilted_potential(energy_static, energy_params, base_scale)
-        return ULAState(init_walkers(positions, potential_fn), rng_key)
+        return ULAState(init_walkers(positions, potential_fn), typed_key(rng_key))
 
     def step(state, energy_params):
         potential_fn = _tilted_potential(energy_static, energy_params, base_scale)
@@ -492,7 +492,7 @@ def nt_sampler(
             flow_params=flow_params,
             opt_state=optimizer.init(flow_params),
             round_index=jnp.array(0),
-            rng_key=rng_key,
+            rng_key=typed_key(rng_key),
         )
 
     def step(state, energy_params):

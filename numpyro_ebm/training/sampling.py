@@ -13,6 +13,7 @@ import numpy as np
 from flowjax.distributions import AbstractDistribution
 from numpyro.infer import MCMC
 
+from numpyro_ebm._checks import typed_key
 from numpyro_ebm.energies import ebm_model
 from numpyro_ebm.kernel import FlowMCKernel
 from numpyro_ebm.training.model_io import load_model
@@ -64,6 +65,8 @@ def sample_energy(
         >>> mcmc.get_samples(group_by_chain=True)["x"].shape
         (4, 5, 2)
     """
+    typed_key(rng_key)  # raises a clear TypeError for anything but a single PRNG key
+    # The key's kind (typed or raw) is kept: NumPyro's MCMC holds the key it is given.
     key_init, key_run = jax.random.split(rng_key)
     if init_positions is None:
         init_positions = base_scale * jax.random.normal(key_init, (num_chains, dim))
