@@ -15,6 +15,7 @@ References:
     Adaptive Flow Sampling*, ICML 2023 SPIGM workshop, arXiv:2306.00684.
 """
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -297,12 +298,26 @@ def ebm_model(
     if base_scale is not None:
         base_scale = positive_float("base_scale", base_scale)
     _, energy_static = eqx.partition(energy, eqx.is_array)
+    return _EBMModel(energy, energy_static, dim, base_scale)
 
-    def model(energy_params: Any = None) -> None:
-        current = energy if energy_params is None else eqx.combine(energy_params, energy_static)
-        if base_scale is not None:
-            current = TiltedEnergy(current, base_scale)
-        x = numpyro.sample("x", dist.ImproperUniform(constraints.real_vector, (), (dim,)))
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _EBMModel:
+    """The model of :func:`ebm_model`; a module-level class (not a closure), so it pickles.
+
+    NumPyro users pickle ``MCMC`` objects, which hold their kernel's model.
+    """
+
+    energy: Callable[[jax.Array], jax.Array]
+    energy_static: Any
+    dim: int
+    base_scale: float | None
+
+    def __call__(self, energy_params: Any = None) -> None:
+        current = (
+            self.energy if energy_params is None else eqx.combine(energy_params, self.energy_static)
+        )
+        if self.base_scale is not None:
+            current = TiltedEnergy(current, self.base_scale)
+        x = numpyro.sample("x", dist.ImproperUniform(constraints.real_vector, (), (self.dim,)))
         energy_factor("energy", current, x)
-
-    return model

@@ -209,6 +209,32 @@ def test_init_params_need_the_walker_axis():
         )
 
 
+def _observed_only_model():
+    numpyro.sample("y", dist.Normal(0.0, 1.0), obs=1.0)
+
+
+def _empty_latent_model():
+    numpyro.sample("x", dist.Normal(0.0, 1.0).expand([0]))
+
+
+@pytest.mark.parametrize(
+    ("model", "shapes"), [(_observed_only_model, "{}"), (_empty_latent_model, "{'x': (0,)}")]
+)
+def test_model_without_latent_sites_is_a_clear_error(model, shapes):
+    # Regression: an internal vmap error ("vmap wrapped function must be passed at least one
+    # argument containing an array").
+    mcmc = _mcmc(FlowMCKernel(model), num_walkers=4, num_warmup=2, num_samples=2)
+    with pytest.raises(ValueError, match="at least one latent") as info:
+        mcmc.run(jax.random.key(0))
+    assert f"got none (latent sites and their shapes: {shapes})" in str(info.value)
+
+
+def test_init_params_without_coordinates_is_a_clear_error():
+    kernel = FlowMCKernel(potential_fn=lambda z: jnp.sum(z["x"]))
+    with pytest.raises(ValueError, match=r"at least one coordinate.*got per-walker shapes"):
+        kernel.init(jax.random.split(jax.random.key(0), 4), 0, {"x": jnp.zeros((4, 0))})
+
+
 def test_get_flow_needs_init():
     with pytest.raises(ValueError, match="not been initialised"):
         FlowMCKernel(gauss_model).get_flow(None)
@@ -522,16 +548,16 @@ def test_sharded_walkers_stay_sharded_and_agree_with_an_unsharded_run(warm):
         assert abs(a.mean() - b.mean()) / se < z
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: jax 0.12's default `jax.make_mesh` has Explicit axes; the kernel's init "
-    "(numpyro's batch_ravel_pytree, `leaf[0]`) fails on explicitly sharded walkers.",
-)
-def test_walkers_on_an_explicit_mesh():
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit])
+def test_walkers_on_an_explicit_mesh(axis_type):
+    # Regression: jax's default `jax.make_mesh` has Explicit axes, on which init failed with a
+    # ShardingTypeError (numpyro's batch_ravel_pytree does `leaf[0]`).
     kernel = FlowMCKernel(gauss_model, flow=_wide_flow(3), **FAST)
-    _mcmc(kernel, num_warmup=2, num_samples=2).run(
-        jax.random.key(0), init_params=_sharded_init(AxisType.Explicit)
-    )
+    mcmc = _mcmc(kernel, num_warmup=2, num_samples=2)
+    mcmc.run(jax.random.key(0), init_params=_sharded_init(axis_type))
+    _spread_over_two_devices(mcmc.last_state.z)
+    assert mcmc.get_samples(group_by_chain=True)["x"].shape == (NUM_WALKERS, 2, 2)
+    assert bool(jnp.all(jnp.isfinite(mcmc.get_samples()["x"])))
 
 
 # -- Pickling ------------------------------------------------------------------------------
@@ -545,8 +571,8 @@ def test_kernel_with_init_strategy_pickles_before_init():
 
 def test_mcmc_pickles_after_a_run_and_continues():
     # The default spline flow on a model (the run shared with test_mcse): load the pickled
-    # MCMC and continue from its last state; the frozen flow carries over. (A `potential_fn`
-    # kernel would need `init_params` again: `MCMC` re-runs `init` after unpickling.)
+    # MCMC and continue from its last state; the frozen flow carries over. (Every other
+    # configuration, `potential_fn` kernels and user flows included: tests/test_pickle.py.)
     mcmc = mixture_flowmc_run().mcmc
     last_state = mcmc.last_state
     loaded = pickle.loads(pickle.dumps(mcmc))
