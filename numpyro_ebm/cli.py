@@ -129,12 +129,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _train_config(args: argparse.Namespace):
     from numpyro_ebm.training import TrainConfig
-    from numpyro_ebm.training.checkpoint import read_json
+    from numpyro_ebm.training.run_files import read_run_settings
     from numpyro_ebm.training.trainer import SETTINGS_FILE
 
     settings_path = Path(args.out) / SETTINGS_FILE
     if args.resume and settings_path.exists():
-        config = TrainConfig.from_dict(read_json(settings_path)["config"])
+        _, config = read_run_settings(settings_path)
     else:
         config = TrainConfig(**(FAST_SETTINGS if args.fast else {}))
     given = {

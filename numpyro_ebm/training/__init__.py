@@ -8,6 +8,8 @@
 - :mod:`~numpyro_ebm.training.evaluation`: the report's metrics.
 - :mod:`~numpyro_ebm.training.model_io` and :mod:`~numpyro_ebm.training.sampling`: saving a
   trained model, :func:`load_energy`, and sampling it with ``FlowMCKernel``.
+- :mod:`~numpyro_ebm.training.run_files`: reading a run directory's files, each checked, with
+  errors ``<file>: <what is wrong>``.
 
 References:
     [A] L. Grenioux, É. Moulines, M. Gabrié, *Balanced Training of Energy-Based Models with

@@ -96,14 +96,14 @@ def load_checkpoint(path: str | os.PathLike, like: Any) -> Any:
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
+        raise FileNotFoundError(f"{path}: no such file (expected a checkpoint)")
     template = _keys_to_data(like)
     try:
         data = eqx.tree_deserialise_leaves(path, template)
     except Exception as error:  # equinox raises a variety of errors on a mismatch
         raise ValueError(
-            f"expected a checkpoint matching the run's settings at {str(path)!r}; it does not "
-            f"fit the state built from those settings: {error}"
+            f"{path}: expected a checkpoint that fits the state built from the run's settings; "
+            f"it does not (other settings, or a damaged file): {error}"
         ) from error
     return _data_to_keys(data, like)
 
@@ -166,5 +166,17 @@ def read_json(path: str | os.PathLike) -> Any:
 
     Returns:
         The decoded content.
+
+    Raises:
+        FileNotFoundError: ``<file>: no such file``.
+        ValueError: ``<file>: <what is wrong>`` if it cannot be read or is not valid JSON.
     """
-    return json.loads(Path(path).read_text())
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: invalid JSON ({error})") from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: cannot be read ({error})") from error

@@ -26,7 +26,8 @@ from flowjax.distributions import AbstractDistribution
 
 from numpyro_ebm.energies import MLPEnergy, TiltedEnergy
 from numpyro_ebm.flows import default_flow, merge_flow, split_flow
-from numpyro_ebm.training.checkpoint import load_checkpoint, read_json, save_checkpoint, write_json
+from numpyro_ebm.training.checkpoint import load_checkpoint, save_checkpoint, write_json
+from numpyro_ebm.training.run_files import read_model_settings, read_negatives
 
 __all__ = ["TrainedModel", "load_energy", "load_model", "save_model"]
 
@@ -132,6 +133,8 @@ def load_model(out_dir: str | os.PathLike) -> TrainedModel:
 
     Raises:
         FileNotFoundError: If ``out_dir`` holds no trained model.
+        ValueError: ``<file>: <what is wrong>`` if one of its files is damaged (see
+            :mod:`~numpyro_ebm.training.run_files`).
     """
     out_dir = Path(out_dir)
     settings_path = out_dir / MODEL_SETTINGS_FILE
@@ -140,13 +143,15 @@ def load_model(out_dir: str | os.PathLike) -> TrainedModel:
             f"expected a trained model ({MODEL_SETTINGS_FILE} and {MODEL_FILE}) in "
             f"{str(out_dir)!r}, found none: train one with `numpyro-ebm train DATA --out DIR`"
         )
-    settings = read_json(settings_path)
+    settings = read_model_settings(settings_path)
     energy, flow_params, flow_static = _templates(settings)
     energy_params, energy_static = eqx.partition(energy, eqx.is_array)
     arrays = load_checkpoint(out_dir / MODEL_FILE, {"energy": energy_params, "flow": flow_params})
     flow = None if flow_static is None else merge_flow(arrays["flow"], flow_static)
     negatives_path = out_dir / NEGATIVES_FILE
-    negatives = np.load(negatives_path, allow_pickle=False) if negatives_path.exists() else None
+    negatives = (
+        read_negatives(negatives_path, int(settings["dim"])) if negatives_path.exists() else None
+    )
     return TrainedModel(
         energy=eqx.combine(arrays["energy"], energy_static),
         base_scale=float(settings["base_scale"]),

@@ -45,7 +45,6 @@ from numpyro_ebm.training.checkpoint import (
     checkpoint_paths,
     latest_checkpoint,
     load_checkpoint,
-    read_json,
     save_checkpoint,
     write_json,
 )
@@ -55,6 +54,7 @@ from numpyro_ebm.training.negatives import (
     NegativeSampler,
     make_negative_sampler,
 )
+from numpyro_ebm.training.run_files import read_checkpoint_meta, read_run_settings
 
 __all__ = [
     "StepInfo",
@@ -655,14 +655,12 @@ class Trainer:
         checkpoint_dir = None if out_dir is None else Path(out_dir) / CHECKPOINT_DIR
         if resume and out_dir is None:
             raise ValueError("expected `out_dir` to resume from, got None")
-        if out_dir is not None:
-            if resume:
-                self._check_saved_settings(Path(out_dir))
-            else:
-                self._clear_run(Path(out_dir))
-            write_json(Path(out_dir) / SETTINGS_FILE, self.settings(cfg.num_epochs))
+        # Read and check everything before writing anything: a failed call leaves the run
+        # directory as it was.
         template = self.init_state() if state is None else state
         state = template
+        if resume:
+            self._check_saved_settings(Path(out_dir))
         found = latest_checkpoint(checkpoint_dir) if resume else None
         if resume and found is None:
             warnings.warn(
@@ -672,21 +670,25 @@ class Trainer:
         if found is not None:
             saved_step, path = found
             state = load_checkpoint(path, template)
-            meta = read_json(path.with_suffix(".json"))
+            meta = read_checkpoint_meta(path.with_suffix(".json"))
             history, partial = meta["history"], meta["partial_epoch"]
             if int(state.step) != saved_step:
                 raise ValueError(
-                    f"expected a checkpoint at step {saved_step} in {str(path)!r}, "
+                    f"{path}: expected a checkpoint at step {saved_step}, "
                     f"got a state at step {int(state.step)}"
                 )
-        timings = {"init_s": time.perf_counter() - time_start, "first_chunk_s": 0.0}
-
-        total_steps = cfg.num_epochs * cfg.steps_per_epoch
         step = int(state.step)
         if step % self.chunk_size:
             raise ValueError(
                 f"expected a state whose step is a multiple of {self.chunk_size}, got {step}"
             )
+        if out_dir is not None:
+            if not resume:
+                self._clear_run(Path(out_dir))
+            write_json(Path(out_dir) / SETTINGS_FILE, self.settings(cfg.num_epochs))
+        timings = {"init_s": time.perf_counter() - time_start, "first_chunk_s": 0.0}
+
+        total_steps = cfg.num_epochs * cfg.steps_per_epoch
         time_train = time.perf_counter()
         epoch_start = time.perf_counter()
         bar = None
@@ -769,15 +771,19 @@ class Trainer:
     def _check_saved_settings(self, out_dir: Path) -> None:
         path = out_dir / SETTINGS_FILE
         if not path.exists():
+            if checkpoint_paths(out_dir / CHECKPOINT_DIR):
+                warnings.warn(
+                    f"no {SETTINGS_FILE} in {str(out_dir)!r}: the given settings cannot be "
+                    "checked against the run's; resuming only if its checkpoint fits them",
+                    stacklevel=3,
+                )
             return
-        saved = read_json(path)
+        saved, _ = read_run_settings(path)
         current = self.settings()
         differences = []
-        if saved.get("dataset") != current["dataset"]:
-            differences.append(
-                f"dataset: saved {saved.get('dataset')!r}, given {current['dataset']!r}"
-            )
-        saved_config = saved.get("config", {})
+        if saved["dataset"] != current["dataset"]:
+            differences.append(f"dataset: saved {saved['dataset']!r}, given {current['dataset']!r}")
+        saved_config = saved["config"]
         for name, value in current["config"].items():
             if name not in _RESUMABLE_CHANGES and saved_config.get(name) != value:
                 differences.append(f"{name}: saved {saved_config.get(name)!r}, given {value!r}")

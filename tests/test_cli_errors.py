@@ -1,0 +1,170 @@
+"""A failed ``numpyro-ebm`` command never changes its run directory and names the bad file.
+
+Every file that ``train --resume`` and ``sample`` read is damaged in turn (missing, not JSON,
+a key missing or of the wrong type, a wrong array): the command exits with status 2, prints
+``error: <file>: <what is wrong>`` on stderr (no traceback), and leaves every file of the run
+directory as it was. One tiny ULA run is shared (copied per test).
+"""
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from numpyro_ebm.cli import main
+
+DATA = "two-modes-2to1"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A one-epoch ``--fast`` ULA run: settings, checkpoints, model files."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    args = ["train", DATA, "--fast", "--sampler", "ula", "--epochs", "1", "--out", str(out)]
+    assert main([*args, "--no-progress"]) == 0
+    return out
+
+
+@pytest.fixture
+def run(run_dir, tmp_path):
+    """A fresh copy of the shared run, for a test to damage."""
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    return copy
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(directory)): path.read_bytes()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _fails_cleanly(args, directory, capsys, bad_file, what):
+    """Run ``args``: exit 2, ``error: <bad_file>: <what>`` on stderr, directory unchanged."""
+    before = _snapshot(directory)
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"error: {bad_file}: " in err, err
+    assert what in err, err
+    assert "Traceback" not in err
+    assert _snapshot(directory) == before
+
+
+def _resume(run):
+    return ["train", DATA, "--resume", "--out", str(run), "--no-progress"]
+
+
+def _sample(run):
+    return ["sample", str(run), "--num-samples", "2", "--num-chains", "4", "--no-progress"]
+
+
+def _edit_json(path, edit):
+    content = json.loads(path.read_text())
+    path.write_text(json.dumps(edit(content)))
+
+
+# -- train --resume ------------------------------------------------------------------------
+
+
+def test_resume_without_settings_writes_nothing_when_it_fails(run, capsys):
+    # Regression: a fresh settings.json of defaults was written before the checkpoint was
+    # found not to fit the defaults, leaving the run unusable even with the right flags.
+    (run / "settings.json").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no settings.json": checked below with the flags
+        _fails_cleanly(
+            _resume(run), run, capsys, run / "checkpoints" / "step_00000010.eqx", "fits the state"
+        )
+    assert not (run / "settings.json").exists()
+
+
+def test_resume_without_settings_continues_with_the_right_flags(run):
+    (run / "settings.json").unlink()
+    flags = ["--fast", "--sampler", "ula", "--epochs", "2"]
+    with pytest.warns(UserWarning, match="no settings.json"):
+        assert main([*_resume(run), *flags]) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert [entry["epoch"] for entry in report["history"]] == [1, 2]
+    assert json.loads((run / "settings.json").read_text())["config"]["sampler"] == "ula"
+
+
+@pytest.mark.parametrize(
+    ("damage", "what"),
+    [
+        (lambda path: path.write_text("{"), "invalid JSON"),
+        (lambda path: _edit_json(path, lambda s: {k: v for k, v in s.items() if k != "config"}),
+         "missing key 'config'"),
+        (lambda path: _edit_json(path, lambda s: {**s, "config": []}),
+         "key 'config' must be an object, got []"),
+        (lambda path: _edit_json(path, lambda s: {**s, "config": {**s["config"], "seed": "x"}}),
+         "`seed` must be an integer >= 0, got 'x'"),
+        (lambda path: path.write_text("[1, 2]"), "expected a JSON object, got list"),
+    ],
+)  # fmt: skip
+def test_resume_with_damaged_settings(run, capsys, damage, what):
+    damage(run / "settings.json")
+    _fails_cleanly(_resume(run), run, capsys, run / "settings.json", what)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "damage", "what"),
+    [
+        (".json", lambda path: path.write_text("not json"), "invalid JSON"),
+        (".json", lambda path: _edit_json(path, lambda m: {**m, "history": None}),
+         "key 'history' must be a list, got None"),
+        (".json", lambda path: _edit_json(path, lambda m: {**m, "partial_epoch": {"loss": "x"}}),
+         "partial_epoch['loss'] must be a list of numbers"),
+        (".eqx", lambda path: path.write_bytes(path.read_bytes()[:100]), "damaged file"),
+    ],
+)  # fmt: skip
+def test_resume_with_a_damaged_checkpoint(run, capsys, suffix, damage, what):
+    path = run / "checkpoints" / f"step_00000010{suffix}"
+    damage(path)
+    _fails_cleanly(_resume(run), run, capsys, path, what)
+
+
+# -- sample --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("damage", "what"),
+    [
+        (lambda path: path.write_text('{"dim": 2,'), "invalid JSON"),
+        (lambda path: _edit_json(path, lambda s: {k: v for k, v in s.items() if k != "dim"}),
+         "missing key 'dim'"),
+        (lambda path: _edit_json(path, lambda s: {**s, "dim": "two"}),
+         "key 'dim' must be a positive integer, got 'two'"),
+        (lambda path: _edit_json(path, lambda s: {**s, "has_flow": "no"}),
+         "key 'has_flow' must be true or false, got 'no'"),
+        (lambda path: _edit_json(path, lambda s: {**s, "base_scale": -1.0}),
+         "key 'base_scale' must be a positive finite number, got -1.0"),
+        (lambda path: path.write_text("null"), "expected a JSON object, got NoneType"),
+    ],
+)  # fmt: skip
+def test_sample_with_a_damaged_model_json(run, capsys, damage, what):
+    # Regression: a KeyError or ValueError traceback, or a message without the file.
+    damage(run / "model.json")
+    _fails_cleanly(_sample(run), run, capsys, run / "model.json", what)
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "what"),
+    [
+        ("model.eqx", lambda path: path.write_bytes(b"\x00" * 10), "damaged file"),
+        ("model.eqx", lambda path: path.unlink(), "no such file"),
+        ("negatives.npy", lambda path: path.write_bytes(b"garbage"), "not a readable .npy"),
+        ("negatives.npy", lambda path: np.save(path, np.zeros((4, 3))),
+         "expected an array of shape (n, 2) with n >= 1, got shape (4, 3)"),
+        ("negatives.npy", lambda path: np.save(path, np.full((4, 2), np.nan)),
+         "expected finite positions"),
+    ],
+)  # fmt: skip
+def test_sample_with_a_damaged_model_file(run, capsys, name, damage, what):
+    damage(run / name)
+    _fails_cleanly(_sample(run), run, capsys, run / name, what)
