@@ -29,6 +29,9 @@ from flowjax.distributions import AbstractDistribution, StandardNormal, Transfor
 from flowjax.flows import coupling_flow, masked_autoregressive_flow
 from jax.typing import ArrayLike
 
+from numpyro_ebm._checks import typed_key
+from numpyro_ebm._pickling import remember_recipe
+
 __all__ = [
     "default_flow",
     "standardising_moments",
@@ -177,7 +180,7 @@ def default_flow(
     )
     build = coupling_flow if dim > 1 else masked_autoregressive_flow
     flow = build(
-        key,
+        typed_key(key),
         base_dist=StandardNormal((dim,)),
         transformer=elementwise,
         flow_layers=flow_layers,
@@ -187,7 +190,20 @@ def default_flow(
     flow = _shrink_final_conditioner_layers(flow)
     scale = jnp.maximum(jnp.broadcast_to(jnp.asarray(scale, float), (dim,)), 1e-12)
     loc = jnp.broadcast_to(jnp.asarray(loc, float), (dim,))
-    return Transformed(flow, Affine(loc, scale))
+    flow = Transformed(flow, Affine(loc, scale))
+    # flowjax layers hold closures that pickle refuses: record how to rebuild them (see
+    # `numpyro_ebm._pickling`), so that kernels and MCMC objects holding this flow pickle.
+    return remember_recipe(
+        flow,
+        default_flow,
+        dim=dim,
+        flow_layers=flow_layers,
+        nn_width=nn_width,
+        nn_depth=nn_depth,
+        knots=knots,
+        interval=interval,
+        transformer=transformer,
+    )
 
 
 def standardising_moments(positions: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -296,6 +312,6 @@ def fit_flow(
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), loss
 
-    keys = jax.random.split(rng_key, num_steps)
+    keys = jax.random.split(typed_key(rng_key), num_steps)
     (params, opt_state), losses = jax.lax.scan(one_step, (params, opt_state), keys)
     return params, opt_state, losses[-1]

@@ -16,28 +16,36 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from flowjax.distributions import AbstractDistribution
 from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding, PartitionSpec
 from numpyro.infer.ensemble_util import batch_ravel_pytree
-from numpyro.infer.initialization import init_to_uniform
+from numpyro.infer.initialization import init_to_sample
 from numpyro.infer.mcmc import MCMCKernel
 from numpyro.infer.util import initialize_model
 from numpyro.util import identity, is_prng_key
 
-from numpyro_ebm._checks import positive_int
+from numpyro_ebm._checks import positive_int, typed_key
+from numpyro_ebm._init_params import check_init_params, with_auto_axes
+from numpyro_ebm._pickling import kernel_getstate, kernel_setstate, latent_template
 from numpyro_ebm.flows import (
     default_flow,
     flow_optimizer,
-    merge_flow,
     split_flow,
-    standardising_moments,
 )
-from numpyro_ebm.samplers.flowmc import FlowMCConfig, FlowMCWalkerState, flowmc_round
+from numpyro_ebm.health import warn_after_warmup
+from numpyro_ebm.kernel_state import FlowMCState, per_walker_keys
+from numpyro_ebm.samplers.flowmc import (
+    FlowMCConfig,
+    flowmc_round,
+    init_adaptation,
+    proposal_flow,
+)
 
 __all__ = ["FlowMCKernel", "FlowMCState"]
 
@@ -49,42 +57,6 @@ DEFAULT_TARGET_ACCEPT_PROB = 0.574
 _SCRATCH_ARRAYS_PER_PARTICLE = 8
 #: Largest dimension whose default flow uses spline transformers (see ``flow_options``).
 _MAX_SPLINE_DIM = 8
-
-
-class FlowMCState(NamedTuple):
-    """State of :class:`FlowMCKernel`; every per-walker field has the walker axis first.
-
-    Attributes:
-        i: Iterations done (warm-up included).
-        z: Unconstrained positions of the walkers (a pytree like the model's latent sites).
-        potential_energy: ``U(z)`` per walker.
-        accept_prob: Mean MALA acceptance probability of the last iteration, per walker.
-        global_accept_prob: Acceptance probability of the last global move, per walker.
-        num_nonfinite: Proposals of the last iteration with a non-finite potential (rejected).
-        flow_loss: Loss of the last flow fit, repeated per walker (NaN if none this iteration).
-        step_size: MALA step size (scalar; not collectable).
-        flow_params: Trainable arrays of the flow (see :meth:`FlowMCKernel.get_flow`).
-        opt_state: State of the flow's optimizer.
-        buffer: Recent walker positions the flow is fitted on.
-        mean_accept_prob: Running mean of ``accept_prob`` in the current phase (scalar).
-        mean_global_accept_prob: Running mean of ``global_accept_prob`` (scalar).
-        rng_key: PRNG key.
-    """
-
-    i: jax.Array
-    z: Any
-    potential_energy: jax.Array
-    accept_prob: jax.Array
-    global_accept_prob: jax.Array
-    num_nonfinite: jax.Array
-    flow_loss: jax.Array
-    step_size: jax.Array
-    flow_params: Any
-    opt_state: Any
-    buffer: jax.Array
-    mean_accept_prob: jax.Array
-    mean_global_accept_prob: jax.Array
-    rng_key: jax.Array
 
 
 def _walker_sharding(flat_position: jax.Array) -> NamedSharding | None:
@@ -103,10 +75,17 @@ class FlowMCKernel(MCMCKernel):
 
     The ``num_chains`` chains of ``MCMC`` are walkers sharing one normalizing flow. Each
     iteration makes one global move with the flow (i-SIR with ``num_particles`` particles, or
-    independent Metropolis–Hastings) and ``num_local_steps`` MALA steps. During warm-up the MALA
-    step size is adapted toward ``target_accept_prob`` and the flow is fitted by maximum
-    likelihood on the walkers' recent positions; afterwards both are frozen, so the kept draws
-    come from a fixed Markov kernel that leaves the target invariant.
+    independent Metropolis–Hastings) and ``num_local_steps`` MALA steps. During warm-up
+
+    - the walkers' mean and spread (diagonal, or dense covariance) precondition MALA and
+      standardise the default flow, so any location and scale of the posterior works;
+    - the MALA step size is adapted toward ``target_accept_prob`` by dual averaging;
+    - the flow is fitted by maximum likelihood on the walkers' recent positions;
+    - when the walkers move far (by more than their spread), a new adaptation window starts and
+      positions from before are no longer fitted (:mod:`numpyro_ebm.samplers.adaptation`).
+
+    Afterwards everything is frozen, so the kept draws come from a fixed Markov kernel that
+    leaves the target invariant.
 
     The flow works in NumPyro's unconstrained space; ``postprocess_fn`` returns constrained
     values, as for NUTS.
@@ -115,10 +94,17 @@ class FlowMCKernel(MCMCKernel):
         model: A NumPyro model. Exactly one of ``model`` and ``potential_fn`` is given.
         potential_fn: Potential energy of one walker's (unconstrained) parameters; then
             ``init_params`` must be passed to ``MCMC.run``, with the walker axis first.
-        init_strategy: Per-site initialisation, as for NumPyro's kernels.
-        flow: A pre-fitted flowjax flow over the flat unconstrained space; by default the
-            spline coupling flow of :func:`numpyro_ebm.flows.default_flow`, standardised on the
-            initial walkers.
+        init_strategy: Per-site initialisation, as for NumPyro's kernels. By default each
+            walker starts at its own draw from the prior (NumPyro's ``init_to_sample``, which
+            falls back to ``init_to_uniform`` for improper sites): a flow can only propose
+            modes that walkers have found, and prior draws spread the walkers over the region
+            where a posterior's modes lie, wherever that is.
+        flow: A pre-fitted flowjax flow over the flat unconstrained space (as returned by
+            :meth:`get_flow`), used as given: it is not re-standardised. By default the
+            coupling flow of :func:`numpyro_ebm.flows.default_flow`, acting on coordinates
+            standardised by the walkers' moments. The kernel (and an ``MCMC`` holding it)
+            pickles if the flow comes from ``default_flow`` or :meth:`get_flow`, or is made
+            of picklable parts such as flowjax's ``Normal``.
         flow_options: Keyword arguments of :func:`numpyro_ebm.flows.default_flow` (e.g.
             ``transformer``, ``flow_layers``, ``nn_width``) for the default flow. Unless set,
             the transformer is ``"spline"`` up to dimension 8 and ``"affine"`` above: on
@@ -128,7 +114,7 @@ class FlowMCKernel(MCMCKernel):
         global_move: ``"isir"`` (default, [A]), ``"imh"``, or ``"none"`` (MALA only).
         num_particles: i-SIR particles per walker and iteration, the current state included.
         num_local_steps: MALA steps per iteration.
-        step_size: Initial MALA step size.
+        step_size: Initial MALA step size, in coordinates standardised by the walkers' spread.
         target_accept_prob: MALA acceptance targeted during warm-up.
         learning_rate: Adam learning rate of the flow.
         fit_every: Iterations between flow fits during warm-up.
@@ -139,6 +125,14 @@ class FlowMCKernel(MCMCKernel):
             number that fits ``memory_budget_bytes``.
         memory_budget_bytes: Scratch memory allowed for one chunk of i-SIR particles.
         flow_seed: Seed of the default flow's initial weights (fixed, so ``init`` is idempotent).
+        dense_preconditioner: Precondition MALA (and standardise the default flow) with the
+            walkers' covariance instead of their variances, as NUTS's ``dense_mass``. Helps
+            strongly correlated unimodal posteriors; with separated modes the between-mode
+            covariance makes it worse, hence off by default.
+        fit_patience: Warm-up rounds without a gain of 0.01 in the smoothed global acceptance
+            after which the flow stops being fitted, until the walkers move far and a new
+            window starts: fitting dominates the cost of warm-up and stops paying once the
+            acceptance plateaus. ``None`` fits at every ``fit_every``-th round.
 
     Example:
         >>> import jax, numpyro, numpyro.distributions as dist
@@ -157,7 +151,7 @@ class FlowMCKernel(MCMCKernel):
         model: Callable | None = None,
         potential_fn: Callable | None = None,
         *,
-        init_strategy: Callable = init_to_uniform,
+        init_strategy: Callable = init_to_sample,
         flow: AbstractDistribution | None = None,
         flow_options: dict | None = None,
         fit_flow: bool = True,
@@ -174,6 +168,8 @@ class FlowMCKernel(MCMCKernel):
         particle_chunk_size: int | None = None,
         memory_budget_bytes: int = 2**28,
         flow_seed: int = 0,
+        dense_preconditioner: bool = False,
+        fit_patience: int | None = 50,
     ):
         if (model is None) == (potential_fn is None):
             given = "both" if model is not None else "neither"
@@ -215,12 +211,18 @@ class FlowMCKernel(MCMCKernel):
             num_fit_steps=positive_int("num_fit_steps", num_fit_steps),
             fit_batch_size=positive_int("fit_batch_size", fit_batch_size),
             optimizer=self._optimizer,
+            dense_preconditioner=bool(dense_preconditioner),
+            fit_patience=None
+            if fit_patience is None
+            else positive_int("fit_patience", fit_patience),
+            standardise_flow=flow is None,
         )
         # Set by `init` from the initial walkers; fixed for the run.
         self._config = None
         self._potential_fn_gen = None
         self._postprocess_fn = None
         self._unravel = None
+        self._latent_template = None  # one walker's zeros: rebuilds `_unravel`
         self._flow_static = None
         self._walker_sharding = None
         self._num_warmup = 0
@@ -244,16 +246,22 @@ class FlowMCKernel(MCMCKernel):
         return ("z", "potential_energy", "accept_prob", "global_accept_prob", "num_nonfinite")
 
     @property
+    def global_move(self) -> str:
+        """The global move: ``"isir"``, ``"imh"`` or ``"none"``."""
+        return self._round_options["global_move"]
+
+    @property
     def is_ensemble_kernel(self) -> bool:
         """Walkers are updated together, so ``MCMC`` must use ``chain_method="vectorized"``."""
         return True
 
     def get_diagnostics_str(self, state: FlowMCState) -> str:
         """Progress-bar text: step size and mean local and global acceptance."""
-        return (
-            f"step {float(state.step_size):.2e}. local acc. {float(state.mean_accept_prob):.2f},"
-            f" global acc. {float(state.mean_global_accept_prob):.2f}"
+        step, local, glob = (
+            float(field[0])
+            for field in (state.step_size, state.mean_accept_prob, state.mean_global_accept_prob)
         )
+        return f"step {step:.2e}. local acc. {local:.2f}, global acc. {glob:.2f}"
 
     def postprocess_fn(self, args, kwargs) -> Callable:
         """Map one walker's unconstrained values to constrained ones."""
@@ -293,7 +301,7 @@ class FlowMCKernel(MCMCKernel):
         num_walkers, dim = flat_position.shape
         self._num_warmup = int(num_warmup)
 
-        flow = self._flow if self._flow is not None else self._default_flow(flat_position)
+        flow = self._flow if self._flow is not None else self._default_flow(dim)
         flow_params, self._flow_static = split_flow(flow)
         self._config = FlowMCConfig(
             chunk_size=self._chunk_size(num_walkers, dim, flat_position.dtype),
@@ -301,25 +309,41 @@ class FlowMCKernel(MCMCKernel):
         )
         self._sample_fn = flowmc_round
 
+        # One compiled function: run eagerly, the few dozen small ops of the initial state
+        # each compile on their own, which took seconds on 2 CPU cores.
+        return eqx.filter_jit(self._initial_state)(
+            flat_position, init_params, flow_params, key_state, model_args, model_kwargs
+        )
+
+    def _initial_state(
+        self, flat_position, init_params, flow_params, key_state, model_args, model_kwargs
+    ) -> FlowMCState:
+        num_walkers = flat_position.shape[0]
         potential_fn = self._flat_potential(model_args, model_kwargs)
         potential_energy = jax.vmap(potential_fn)(flat_position)
         dtype = flat_position.dtype
         zeros = jnp.zeros(num_walkers, dtype)
+        adaptation = init_adaptation(
+            flat_position,
+            flow_params,
+            self._optimizer.init(flow_params),
+            step_size=self._step_size,
+            buffer_size=self._buffer_size,
+            dense_preconditioner=self._config.dense_preconditioner,
+        )
         return FlowMCState(
-            i=jnp.zeros((), jnp.int32),
+            i=jnp.zeros(num_walkers, jnp.int32),
             z=init_params,
             potential_energy=potential_energy,
             accept_prob=zeros,
             global_accept_prob=zeros,
             num_nonfinite=jnp.zeros(num_walkers, jnp.int32),
             flow_loss=jnp.full(num_walkers, jnp.nan, dtype),
-            step_size=jnp.array(self._step_size, dtype),
-            flow_params=flow_params,
-            opt_state=self._optimizer.init(flow_params),
-            buffer=jnp.broadcast_to(flat_position, (self._buffer_size, num_walkers, dim)),
-            mean_accept_prob=jnp.zeros((), dtype),
-            mean_global_accept_prob=jnp.zeros((), dtype),
-            rng_key=key_state,
+            step_size=jnp.full(num_walkers, self._step_size, dtype),
+            mean_accept_prob=zeros,
+            mean_global_accept_prob=zeros,
+            adaptation=adaptation,
+            rng_key=per_walker_keys(key_state, num_walkers),
         )
 
     def sample(self, state: FlowMCState, model_args: tuple, model_kwargs: dict) -> FlowMCState:
@@ -333,51 +357,57 @@ class FlowMCKernel(MCMCKernel):
         Returns:
             The next state.
         """
-        rng_key, key_round = jax.random.split(state.rng_key)
+        key_next, key_round = jax.random.split(typed_key(state.rng_key[0]))
         flat_position, unravel_batch = batch_ravel_pytree(state.z)
-        walker_state = FlowMCWalkerState(
-            position=flat_position,
-            step_size=state.step_size,
-            flow_params=state.flow_params,
-            opt_state=state.opt_state,
-            buffer=state.buffer,
-            round_index=state.i,
+        iteration = state.adaptation.round_index
+        adapting = iteration < self._num_warmup
+        step_size = jnp.where(
+            adapting, state.adaptation.step_size, state.adaptation.step_size_average
         )
-        adapting = state.i < self._num_warmup
-        walker_state, info = flowmc_round(
+        position, adaptation, info = flowmc_round(
             key_round,
-            walker_state,
+            flat_position,
+            state.adaptation,
             self._flat_potential(model_args, model_kwargs or {}),
             self._flow_static,
             self._config,
             adapting,
         )
-        position = walker_state.position
         if self._walker_sharding is not None:
             position = jax.lax.with_sharding_constraint(position, self._walker_sharding)
         # Running means restart when sampling starts, so the bar shows the kept draws' rates.
-        count = jnp.where(adapting, state.i + 1, state.i + 1 - self._num_warmup)
+        count = jnp.where(adapting, iteration + 1, iteration + 1 - self._num_warmup)
 
         def running_mean(mean, value):
             return mean + (jnp.mean(value) - mean) / count
 
+        num_walkers = flat_position.shape[0]
+        jax.lax.cond(
+            iteration + 1 == self._num_warmup,
+            lambda: warn_after_warmup(
+                adaptation, jnp.mean(info.global_accept_prob), uses_flow=self.global_move != "none"
+            ),
+            lambda: None,
+        )
+
+        def per_walker(value):
+            return jnp.broadcast_to(value, (num_walkers,))
+
         return FlowMCState(
-            i=state.i + 1,
+            i=per_walker(iteration + 1),
             z=unravel_batch(position),
             potential_energy=info.potential_energy,
             accept_prob=info.accept_prob,
             global_accept_prob=info.global_accept_prob,
             num_nonfinite=info.num_nonfinite,
-            flow_loss=jnp.broadcast_to(info.flow_loss, info.accept_prob.shape),
-            step_size=walker_state.step_size,
-            flow_params=walker_state.flow_params,
-            opt_state=walker_state.opt_state,
-            buffer=walker_state.buffer,
+            flow_loss=per_walker(info.flow_loss),
+            step_size=per_walker(step_size),
             mean_accept_prob=running_mean(state.mean_accept_prob, info.accept_prob),
             mean_global_accept_prob=running_mean(
                 state.mean_global_accept_prob, info.global_accept_prob
             ),
-            rng_key=rng_key,
+            adaptation=adaptation,
+            rng_key=per_walker_keys(key_next, num_walkers),
         )
 
     def refresh(self, state: FlowMCState, model_args: tuple, model_kwargs: dict) -> FlowMCState:
@@ -408,7 +438,7 @@ class FlowMCKernel(MCMCKernel):
                 "`mcmc.post_warmup_state` after `mcmc.warmup(...)`); got "
                 f"{type(state).__name__}."
             )
-        return merge_flow(state.flow_params, self._flow_static)
+        return proposal_flow(state.adaptation, self._flow_static, self._config)
 
     # -- Internals -----------------------------------------------------------------------------
 
@@ -441,14 +471,9 @@ class FlowMCKernel(MCMCKernel):
                 "`init_params` (one value per walker, walker axis first) must be passed to "
                 "`MCMC.run` when the kernel is built from `potential_fn`; got None."
             )
-        num_walkers = rng_key.shape[0]
-        for leaf in jax.tree.leaves(init_params):
-            if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != num_walkers:
-                raise ValueError(
-                    f"Each leaf of `init_params` must have the walker axis first, of size "
-                    f"num_chains={num_walkers}; got a leaf of shape {jnp.shape(leaf)}."
-                )
-        return init_params
+        check_init_params(init_params, rng_key.shape[0], from_model=self._model is not None)
+        self._latent_template = latent_template(init_params)
+        return with_auto_axes(init_params)
 
     def _flat_potential(self, model_args, model_kwargs) -> Callable[[jax.Array], jax.Array]:
         potential_fn = (
@@ -459,12 +484,12 @@ class FlowMCKernel(MCMCKernel):
         unravel = self._unravel
         return lambda flat: potential_fn(unravel(flat))
 
-    def _default_flow(self, flat_position: jax.Array) -> AbstractDistribution:
-        loc, scale = standardising_moments(flat_position)
-        dim = flat_position.shape[1]
+    def _default_flow(self, dim: int) -> AbstractDistribution:
+        # The default flow lives in the preconditioned coordinates, where the walkers are
+        # standardised: it starts near the identity there (see `samplers.adaptation`).
         options = {"transformer": "spline" if dim <= _MAX_SPLINE_DIM else "affine"}
         options.update(self._flow_options)
-        return default_flow(jax.random.key(self._flow_seed), dim, loc=loc, scale=scale, **options)
+        return default_flow(jax.random.key(self._flow_seed), dim, **options)
 
     def _chunk_size(self, num_walkers: int, dim: int, dtype) -> int:
         if self._particle_chunk_size is not None:
@@ -474,28 +499,10 @@ class FlowMCKernel(MCMCKernel):
         return int(max(1, min(self._num_particles - 1, fitting)))
 
     def __getstate__(self) -> dict:
-        # Closures over the model are rebuilt by `init`, which `MCMC` calls when `_sample_fn`
-        # is None (as after unpickling). The optax optimizer (hence `_config`) and the flow's
-        # static part (flowjax coupling layers hold a local `constructor` function) are made of
-        # local closures that `pickle` refuses: drop them and rebuild the optimizer on load;
-        # `init` rebuilds the rest.
-        state = self.__dict__.copy()
-        for name in (
-            "_potential_fn_gen",
-            "_postprocess_fn",
-            "_unravel",
-            "_sample_fn",
-            "_optimizer",
-            "_config",
-            "_flow_static",
-        ):
-            state[name] = None
-        state["_round_options"] = {
-            key: value for key, value in self._round_options.items() if key != "optimizer"
-        }
-        return state
+        # Flows are stored by recipe and arrays, closures rebuilt on loading; a `potential_fn`
+        # kernel comes back complete, a `model` kernel is initialised again by `MCMC` (see
+        # `numpyro_ebm._pickling`).
+        return kernel_getstate(self.__dict__)
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._optimizer = flow_optimizer(self._learning_rate)
-        self._round_options = dict(self._round_options, optimizer=self._optimizer)
+        self.__dict__.update(kernel_setstate(state, flow_optimizer))

@@ -37,8 +37,9 @@ from flowjax.distributions import Normal
 from scipy import stats
 
 from numpyro_ebm.flows import flow_optimizer, split_flow
-from numpyro_ebm.samplers import global_moves, langevin
-from numpyro_ebm.samplers.flowmc import FlowMCConfig, FlowMCWalkerState, flowmc_round
+from numpyro_ebm.samplers import flowmc, global_moves, langevin
+from numpyro_ebm.samplers.adaptation import Preconditioner
+from numpyro_ebm.samplers.flowmc import FlowMCConfig, flowmc_round, init_adaptation
 
 # Family-wise false-alarm rate of each target's checks.
 ALPHA = 1e-3
@@ -97,7 +98,18 @@ def _mixture_target():
 TARGETS = {"gaussian": _gaussian_target(), "mixture": _mixture_target()}
 
 
-def _run_rounds(target, *, global_move, num_local_steps, step_size, seed=0):
+#: Local moves run in ``u = L⁻¹ (x − loc)``; any fixed map leaves the target invariant, so the
+#: tests use deliberately poor ones (off-centre, wrong scales, a spurious correlation).
+PRECONDITIONERS = {
+    "identity": Preconditioner(jnp.zeros(2), jnp.ones(2)),
+    "diagonal": Preconditioner(jnp.array([0.5, -0.2]), jnp.array([1.3, 0.5])),
+    "dense": Preconditioner(jnp.array([-0.3, 0.4]), jnp.array([[1.1, 0.0], [-0.4, 0.6]])),
+}
+
+
+def _run_rounds(
+    target, *, global_move, num_local_steps, step_size, preconditioner="diagonal", seed=0
+):
     """NUM_ROUNDS frozen rounds from exact draws; returns the final positions."""
     # Imperfect on purpose (see `Target.flow_scale`), and frozen.
     flow = Normal(jnp.zeros(2), target.flow_scale * jnp.ones(2))
@@ -114,35 +126,44 @@ def _run_rounds(target, *, global_move, num_local_steps, step_size, seed=0):
         num_fit_steps=1,
         fit_batch_size=1,
         optimizer=optimizer,
+        standardise_flow=False,  # the flow above is over model coordinates, used as given
+        dense_preconditioner=preconditioner == "dense",
     )
     key_draws, key_rounds = jax.random.split(jax.random.key(seed))
     position = target.draws(key_draws, NUM_WALKERS)
-    state = FlowMCWalkerState(
-        position=position,
-        step_size=jnp.asarray(step_size),
-        flow_params=flow_params,
-        opt_state=optimizer.init(flow_params),
-        buffer=position[None],
-        round_index=jnp.array(0),
+    state = init_adaptation(
+        position,
+        flow_params,
+        optimizer.init(flow_params),
+        step_size=step_size,
+        buffer_size=1,
+        dense_preconditioner=config.dense_preconditioner,
+    )
+    # Not adapting, the round uses the averaged step size and this fixed preconditioner.
+    state = state._replace(
+        step_size_average=jnp.asarray(step_size),
+        preconditioner=PRECONDITIONERS[preconditioner],
     )
 
     @jax.jit
-    def run(key, state):
-        def one_round(state, key):
-            state, info = flowmc_round(
-                key, state, target.potential, flow_static, config, jnp.array(False)
+    def run(key, position, state):
+        def one_round(carry, key):
+            position, state = carry
+            position, state, info = flowmc_round(
+                key, position, state, target.potential, flow_static, config, jnp.array(False)
             )
-            return state, (info.accept_prob, info.global_accept_prob)
+            return (position, state), (info.accept_prob, info.global_accept_prob)
 
-        return jax.lax.scan(one_round, state, jax.random.split(key, NUM_ROUNDS))
+        return jax.lax.scan(one_round, (position, state), jax.random.split(key, NUM_ROUNDS))
 
-    final, (accept_prob, global_accept_prob) = run(key_rounds, state)
-    # The flow and step size stayed frozen.
-    assert float(final.step_size) == pytest.approx(step_size)
-    frozen = zip(jax.tree.leaves(flow_params), jax.tree.leaves(final.flow_params), strict=True)
-    for before, after in frozen:
-        np.testing.assert_array_equal(before, after)
-    return np.asarray(final.position, np.float64), accept_prob, global_accept_prob
+    (position, final), (accept_prob, global_accept_prob) = run(key_rounds, position, state)
+    # The flow, step size and preconditioner stayed frozen.
+    assert float(final.step_size_average) == pytest.approx(step_size)
+    frozen = jax.tree.leaves((flow_params, state.preconditioner))
+    after = jax.tree.leaves((final.flow_params, final.preconditioner))
+    for before, now in zip(frozen, after, strict=True):
+        np.testing.assert_array_equal(before, now)
+    return np.asarray(position, np.float64), accept_prob, global_accept_prob
 
 
 def _excess(x, target):
@@ -212,10 +233,27 @@ def test_mala_without_the_hastings_term_fails_the_same_check(monkeypatch):
     assert excess.max() > 1.0, excess
 
 
-def test_mala_alone_leaves_the_target_invariant():
+@pytest.mark.parametrize("preconditioner", sorted(PRECONDITIONERS))
+def test_mala_alone_leaves_the_target_invariant(preconditioner):
     # The correct twin of the broken-MALA control: same settings, Hastings term kept.
+    x, accept_prob, _ = _run_rounds(
+        TARGETS["gaussian"],
+        global_move="none",
+        num_local_steps=5,
+        step_size=STEP_SIZE,
+        preconditioner=preconditioner,
+    )
+    assert 0.3 < float(jnp.mean(accept_prob)) < 0.99
+    excess = _excess(x, TARGETS["gaussian"])
+    assert excess.max() < 1.0, excess
+
+
+def test_mala_with_inconsistent_coordinates_fails_the_same_check(monkeypatch):
+    # Broken preconditioning: positions enter the latent space without the scale division,
+    # so every accepted move rescales the walker about `loc`.
+    monkeypatch.setattr(flowmc, "to_latent", lambda pre, x: x - pre.loc)
     x, _, _ = _run_rounds(
         TARGETS["gaussian"], global_move="none", num_local_steps=5, step_size=STEP_SIZE
     )
     excess = _excess(x, TARGETS["gaussian"])
-    assert excess.max() < 1.0, excess
+    assert excess.max() > 1.0, excess

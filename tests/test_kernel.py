@@ -349,15 +349,24 @@ def test_diagnostics_string_shows_local_and_global_acceptance(warm):
 
 def test_post_warmup_state_carries_the_fitted_flow_and_step_size(warm):
     pw, last = warm.post_warmup_state, warm.last_state
-    assert int(pw.i) == NUM_WARMUP and int(last.i) == NUM_WARMUP + NUM_SAMPLES
-    # Warm-up fitted the flow and adapted the step size ...
-    assert not _leaves_equal(pw.flow_params, warm.initial_flow_params)
-    assert float(pw.step_size) != pytest.approx(0.1)
-    # ... and sampling froze both.
-    assert _leaves_equal(last.flow_params, pw.flow_params)
-    assert float(last.step_size) == float(pw.step_size)
+    assert set(np.asarray(pw.i)) == {NUM_WARMUP}
+    assert set(np.asarray(last.i)) == {NUM_WARMUP + NUM_SAMPLES}
+    # Warm-up fitted the flow and adapted the step size and the preconditioner ...
+    assert not _leaves_equal(pw.adaptation.flow_params, warm.initial_flow_params)
+    assert float(pw.step_size[0]) != pytest.approx(0.1)
+    # The walkers' moments: unconstrained (log s, x) have means (0, GAUSS_MEAN) and
+    # standard deviations (LOGNORMAL_SCALE, sqrt(diag GAUSS_COV)); loose bands, 32 walkers.
+    loc, scale = pw.adaptation.preconditioner
+    np.testing.assert_allclose(loc, [0.0, *GAUSS_MEAN], atol=0.5)
+    expected_scale = [LOGNORMAL_SCALE, *np.sqrt(np.diag(GAUSS_COV))]
+    np.testing.assert_allclose(scale, expected_scale, rtol=0.5)
+    # ... and sampling froze them, with dual averaging's averaged step size.
+    assert _leaves_equal(
+        last.adaptation._replace(round_index=0), pw.adaptation._replace(round_index=0)
+    )
+    assert set(np.asarray(last.step_size)) == {float(pw.adaptation.step_size_average)}
     # The adapted step size gives a local acceptance near the 0.574 target (loose band:
-    # Robbins–Monro over 100 rounds, and the acceptance varies over the target).
+    # dual averaging over 100 rounds, and the acceptance varies over the target).
     assert 0.35 < float(warm.extra["accept_prob"].mean()) < 0.8
     flow = warm.kernel.get_flow(pw)
     assert isinstance(flow, AbstractDistribution) and flow.shape == (3,)
@@ -374,8 +383,10 @@ def test_continuation_from_last_state_is_reproducible_and_not_retraced(warm):
         mcmc.post_warmup_state = warm.last_state
         mcmc.run(warm.last_state.rng_key)
         draws.append(mcmc.get_samples(group_by_chain=True))
-        assert int(mcmc.last_state.i) == NUM_WARMUP + 2 * NUM_SAMPLES
-        assert _leaves_equal(mcmc.last_state.flow_params, warm.post_warmup_state.flow_params)
+        assert int(mcmc.last_state.i[0]) == NUM_WARMUP + 2 * NUM_SAMPLES
+        assert _leaves_equal(
+            mcmc.last_state.adaptation.flow_params, warm.post_warmup_state.adaptation.flow_params
+        )
     # Same key, same result; no new trace of the kernel on the later runs.
     assert _leaves_equal(draws[0], draws[1])
     assert not np.array_equal(draws[0]["x"], warm.samples["x"])
@@ -387,7 +398,9 @@ def test_prefitted_flow_is_reused_and_kept_when_fitting_is_off(warm):
     kernel = FlowMCKernel(gauss_model, flow=flow, fit_flow=False, **FAST)
     mcmc = _mcmc(kernel, num_warmup=20, num_samples=20)
     mcmc.run(jax.random.key(2))
-    assert _leaves_equal(mcmc.last_state.flow_params, warm.post_warmup_state.flow_params)
+    assert _leaves_equal(
+        mcmc.last_state.adaptation.flow_params, warm.post_warmup_state.adaptation.flow_params
+    )
     # The fitted proposal is good from the first iteration: i-SIR moves most walkers.
     assert float(mcmc.get_extra_fields()["global_accept_prob"].mean()) > 0.5
 
@@ -458,7 +471,7 @@ def test_other_global_moves_run(global_move):
     if global_move == "none":
         assert float(jnp.max(global_accept)) == 0.0
         # No global move, nothing to fit the flow for.
-        assert _leaves_equal(mcmc.last_state.flow_params, split_flow(flow)[0])
+        assert _leaves_equal(mcmc.last_state.adaptation.flow_params, split_flow(flow)[0])
     else:
         assert float(jnp.mean(global_accept)) > 0.0
 
@@ -483,7 +496,7 @@ def test_nan_potential_is_rejected_counted_and_harmless():
     # About half of the flow's proposals fall in the NaN half: counted, every iteration.
     assert float(extra["num_nonfinite"].mean()) > 0.5
     state = mcmc.last_state
-    for leaf in jax.tree.leaves((state.z, state.step_size, state.flow_params, state.buffer)):
+    for leaf in jax.tree.leaves((state.z, state.step_size, state.adaptation)):
         assert bool(jnp.all(jnp.isfinite(leaf)))
     # The chains sample the half-normal: E x₀ = sqrt(2/π), E x₁ = 0 (2 MCSE z-tests, ALPHA).
     z = two_sided_z(ALPHA, 2)
@@ -502,7 +515,7 @@ def test_float64_with_x64_enabled():
         for name in ("potential_energy", "accept_prob", "global_accept_prob"):
             assert mcmc.get_extra_fields()[name].dtype == jnp.float64, name
         assert state.step_size.dtype == jnp.float64
-        assert all(p.dtype == jnp.float64 for p in jax.tree.leaves(state.flow_params))
+        assert all(p.dtype == jnp.float64 for p in jax.tree.leaves(state.adaptation.flow_params))
         assert bool(jnp.all(jnp.isfinite(mcmc.get_samples()["x"])))
     assert jnp.zeros(1).dtype == jnp.float32  # the context restored 32-bit mode
 
@@ -582,8 +595,10 @@ def test_mcmc_pickles_after_a_run_and_continues():
     loaded.run(loaded.last_state.rng_key)
     draws = loaded.get_samples(group_by_chain=True)["x"]
     assert draws.shape == (mcmc.num_chains, 10, 2)
-    assert int(loaded.last_state.i) == int(last_state.i) + 10
-    assert _leaves_equal(loaded.last_state.flow_params, last_state.flow_params)
+    assert int(loaded.last_state.i[0]) == int(last_state.i[0]) + 10
+    assert _leaves_equal(
+        loaded.last_state.adaptation.flow_params, last_state.adaptation.flow_params
+    )
     assert isinstance(loaded.sampler.get_flow(loaded.last_state), AbstractDistribution)
 
 

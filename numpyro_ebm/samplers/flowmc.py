@@ -26,16 +26,33 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from numpyro_ebm._checks import typed_key
 from numpyro_ebm.flows import fit_flow, merge_flow
+from numpyro_ebm.samplers.adaptation import (
+    FitProgress,
+    Preconditioner,
+    ensemble_preconditioner,
+    from_latent,
+    init_fit_progress,
+    init_step_size_adaptation,
+    moved_far,
+    precondition_flow,
+    still_fitting,
+    to_latent,
+    update_fit_progress,
+    update_step_size,
+)
 from numpyro_ebm.samplers.global_moves import imh_step, isir_step
-from numpyro_ebm.samplers.langevin import Walkers, init_walkers, mala_step
+from numpyro_ebm.samplers.langevin import init_walkers, mala_step, nonfinite_to_inf
 
 __all__ = [
     "FlowMCConfig",
     "FlowMCRoundInfo",
-    "FlowMCWalkerState",
+    "FlowMCAdaptation",
     "adapt_step_size",
     "flowmc_round",
+    "init_adaptation",
+    "proposal_flow",
 ]
 
 PotentialFn = Callable[[jax.Array], jax.Array]
@@ -56,6 +73,13 @@ class FlowMCConfig(NamedTuple):
         num_fit_steps: Gradient steps per flow fit.
         fit_batch_size: Points per flow gradient step.
         optimizer: The optax optimizer of the flow.
+        dense_preconditioner: Precondition with the walkers' covariance instead of their
+            variances.
+        standardise_flow: The flow lives in the preconditioned coordinates ``u`` (the default
+            flow); otherwise it is a user's flow over model coordinates, used as given.
+        fit_patience: Stop fitting the flow, until the next window, after this many adapting
+            rounds without a gain in the smoothed global acceptance; ``None`` never stops (as
+            inside EBM training, where the target keeps moving).
     """
 
     num_local_steps: int
@@ -68,26 +92,40 @@ class FlowMCConfig(NamedTuple):
     num_fit_steps: int
     fit_batch_size: int
     optimizer: optax.GradientTransformation
+    dense_preconditioner: bool = False
+    standardise_flow: bool = True
+    fit_patience: int | None = None
 
 
-class FlowMCWalkerState(NamedTuple):
-    """What a round needs from the previous one (flat coordinates).
+class FlowMCAdaptation(NamedTuple):
+    """What a round needs from the previous one besides the walkers' positions.
 
     Attributes:
-        position: Walker positions, ``(num_walkers, dim)``.
-        step_size: MALA step size (scalar).
+        step_size: MALA step size in the preconditioned coordinates (scalar): the current
+            dual-averaging iterate, used while adapting.
+        step_size_average: The averaged iterate, used once adaptation stops.
+        step_size_adaptation: Dual-averaging state (see :mod:`~numpyro_ebm.samplers.adaptation`).
+        preconditioner: The map ``x = loc + L u`` in use.
+        window_reference: The preconditioner when the current adaptation window started.
+        window_start: Round at which the current window started.
         flow_params: Trainable arrays of the flow.
         opt_state: The flow optimizer's state.
         buffer: The walkers' positions at the last rounds, ``(buffer_size, num_walkers, dim)``,
-            used to fit the flow.
+            used to fit the flow (rows older than the window are ignored).
+        fit_progress: Smoothed global acceptance, which says when fitting stopped paying.
         round_index: Rounds done so far (also the buffer's write cursor).
     """
 
-    position: jax.Array
     step_size: jax.Array
+    step_size_average: jax.Array
+    step_size_adaptation: tuple
+    preconditioner: Preconditioner
+    window_reference: Preconditioner
+    window_start: jax.Array
     flow_params: Any
     opt_state: Any
     buffer: jax.Array
+    fit_progress: FitProgress
     round_index: jax.Array
 
 
@@ -108,6 +146,54 @@ class FlowMCRoundInfo(NamedTuple):
     global_accept_prob: jax.Array
     num_nonfinite: jax.Array
     flow_loss: jax.Array
+
+
+def init_adaptation(
+    position: jax.Array,
+    flow_params: Any,
+    opt_state: Any,
+    *,
+    step_size: float,
+    buffer_size: int,
+    dense_preconditioner: bool = False,
+) -> FlowMCAdaptation:
+    """The adaptation state before the first round: preconditioner from the walkers.
+
+    Args:
+        position: Initial walker positions, ``(num_walkers, dim)``.
+        flow_params: Trainable arrays of the flow.
+        opt_state: The flow optimizer's state for ``flow_params``.
+        step_size: Initial MALA step size (in preconditioned coordinates).
+        buffer_size: Rounds of positions kept to fit the flow.
+        dense_preconditioner: Estimate a dense preconditioner.
+
+    Returns:
+        The state.
+    """
+    dtype = position.dtype
+    preconditioner = ensemble_preconditioner(position, dense=dense_preconditioner)
+    step = jnp.asarray(step_size, dtype)
+    return FlowMCAdaptation(
+        step_size=step,
+        step_size_average=step,
+        step_size_adaptation=init_step_size_adaptation(step),
+        preconditioner=preconditioner,
+        window_reference=preconditioner,
+        window_start=jnp.zeros((), jnp.int32),
+        fit_progress=init_fit_progress(dtype),
+        flow_params=flow_params,
+        opt_state=opt_state,
+        buffer=jnp.broadcast_to(position, (buffer_size, *position.shape)),
+        round_index=jnp.zeros((), jnp.int32),
+    )
+
+
+def proposal_flow(state: FlowMCAdaptation, flow_static: Any, config: FlowMCConfig):
+    """The flow over model coordinates that the round proposes from."""
+    flow = merge_flow(state.flow_params, flow_static)
+    if config.standardise_flow:
+        return precondition_flow(flow, state.preconditioner)
+    return flow
 
 
 #: Robbins–Monro gain exponent for the log step size: in (1/2, 1] for convergence of the
@@ -135,40 +221,66 @@ def adapt_step_size(step_size, mean_accept_prob, target_accept_prob, round_index
     return step_size * jnp.exp(gain * (mean_accept_prob - target_accept_prob))
 
 
-def _global_move(rng_key, walkers: Walkers, flow, potential_fn, config: FlowMCConfig):
+def _global_move(rng_key, position, potential_energy, flow, potential_fn, config: FlowMCConfig):
     if config.global_move == "isir":
         return isir_step(
             rng_key,
-            walkers.position,
-            walkers.potential_energy,
+            position,
+            potential_energy,
             flow,
             potential_fn,
             num_particles=config.num_particles,
             chunk_size=config.chunk_size,
         )
-    return imh_step(rng_key, walkers.position, walkers.potential_energy, flow, potential_fn)
+    return imh_step(rng_key, position, potential_energy, flow, potential_fn)
 
 
-def _local_moves(rng_key, walkers: Walkers, potential_fn, step_size, num_steps: int):
+def _local_moves(
+    rng_key, position, potential_energy, potential_fn, preconditioner, step_size, num_steps: int
+):
+    """``num_steps`` MALA steps in the preconditioned coordinates ``u = L⁻¹ (x − loc)``.
+
+    A walker whose every step was rejected keeps its exact position (no round trip through
+    ``u``); a moved one is at ``loc + L u``, where its potential was computed.
+    """
+    num_walkers = position.shape[0]
     if num_steps == 0:  # global moves only: nothing to average, nothing to adapt
-        num_walkers = walkers.position.shape[0]
-        return walkers, jnp.zeros(num_walkers, walkers.position.dtype), jnp.zeros(num_walkers, int)
+        zeros = jnp.zeros(num_walkers, position.dtype)
+        return position, potential_energy, zeros, jnp.zeros(num_walkers, jnp.int32)
+
+    def latent_potential(latent):
+        return potential_fn(from_latent(preconditioner, latent))
 
     def one_step(walkers, key):
-        walkers, info = mala_step(key, walkers, potential_fn, step_size)
+        walkers, info = mala_step(key, walkers, latent_potential, step_size)
         return walkers, (info.accept_prob, info.nonfinite)
 
+    start = init_walkers(to_latent(preconditioner, position), latent_potential)
     walkers, (accept_prob, nonfinite) = jax.lax.scan(
-        one_step, walkers, jax.random.split(rng_key, num_steps)
+        one_step, start, jax.random.split(rng_key, num_steps)
     )
-    return walkers, jnp.mean(accept_prob, axis=0), jnp.sum(nonfinite, axis=0)
+    moved = jnp.any(walkers.position != start.position, axis=1)
+    position = jnp.where(moved[:, None], from_latent(preconditioner, walkers.position), position)
+    potential_energy = jnp.where(moved, walkers.potential_energy, potential_energy)
+    return (
+        position,
+        potential_energy,
+        jnp.mean(accept_prob, axis=0),
+        jnp.sum(nonfinite, axis=0, dtype=jnp.int32),
+    )
 
 
-def _fit_on_buffer(rng_key, state: FlowMCWalkerState, flow_static, config: FlowMCConfig):
-    """Fit the flow on the filled part of the buffer (rows not yet written are masked)."""
+def _fit_on_buffer(rng_key, state: FlowMCAdaptation, flow_static, config: FlowMCConfig):
+    """Fit the flow on the buffer rows written in the current window (others are masked)."""
     buffer_size, _, dim = state.buffer.shape
-    filled = jnp.arange(buffer_size) <= state.round_index
-    points = jnp.where(filled[:, None, None], state.buffer, jnp.nan).reshape(-1, dim)
+    # Row j was last written at round `round_index - age_j`.
+    age = (state.round_index - jnp.arange(buffer_size)) % buffer_size
+    written_at = state.round_index - age
+    current = (written_at >= state.window_start) & (written_at >= 0)
+    points = state.buffer
+    if config.standardise_flow:
+        points = to_latent(state.preconditioner, points)
+    points = jnp.where(current[:, None, None], points, jnp.nan).reshape(-1, dim)
     params, opt_state, loss = fit_flow(
         rng_key,
         state.flow_params,
@@ -179,63 +291,112 @@ def _fit_on_buffer(rng_key, state: FlowMCWalkerState, flow_static, config: FlowM
         num_steps=config.num_fit_steps,
         batch_size=config.fit_batch_size,
     )
-    return params, opt_state, loss.astype(state.position.dtype)
+    return params, opt_state, loss.astype(state.buffer.dtype)
+
+
+def _adapt(
+    state: FlowMCAdaptation, position, accept_prob, global_accept_prob, config: FlowMCConfig
+) -> FlowMCAdaptation:
+    """Record the positions, update the preconditioner, the window and the step size."""
+    preconditioner = ensemble_preconditioner(position, dense=config.dense_preconditioner)
+    restart = moved_far(preconditioner, state.window_reference)
+    step_size, step_size_average, adaptation = update_step_size(
+        state.step_size_adaptation, jnp.mean(accept_prob), config.target_accept_prob
+    )
+    if config.num_local_steps == 0:  # nothing to adapt the step size on
+        step_size, step_size_average = state.step_size, state.step_size_average
+        adaptation = state.step_size_adaptation
+    # A new window forgets the old scale's step-size statistics: restart dual averaging.
+    adaptation = jax.tree.map(
+        lambda fresh, kept: jnp.where(restart, fresh, kept),
+        init_step_size_adaptation(step_size),
+        adaptation,
+    )
+
+    def pick(new, old):
+        return jax.tree.map(lambda a, b: jnp.where(restart, a, b), new, old)
+
+    fit_progress = update_fit_progress(state.fit_progress, jnp.mean(global_accept_prob))
+    fit_progress = jax.tree.map(
+        lambda fresh, kept: jnp.where(restart, fresh, kept),
+        init_fit_progress(position.dtype),
+        fit_progress,
+    )
+    return state._replace(
+        fit_progress=fit_progress,
+        buffer=state.buffer.at[state.round_index % len(state.buffer)].set(position),
+        step_size=step_size,
+        step_size_average=step_size_average,
+        step_size_adaptation=adaptation,
+        preconditioner=preconditioner,
+        window_reference=pick(preconditioner, state.window_reference),
+        window_start=jnp.where(restart, state.round_index, state.window_start),
+    )
 
 
 def flowmc_round(
     rng_key: jax.Array,
-    state: FlowMCWalkerState,
+    position: jax.Array,
+    state: FlowMCAdaptation,
     potential_fn: PotentialFn,
     flow_static: Any,
     config: FlowMCConfig,
     adapting: jax.Array,
-) -> tuple[FlowMCWalkerState, FlowMCRoundInfo]:
+) -> tuple[jax.Array, FlowMCAdaptation, FlowMCRoundInfo]:
     """One flowMC round: a global flow move, local MALA moves, and adaptation if ``adapting``.
 
-    The potential and its gradient are evaluated afresh at the start of the round, so the
-    target may change between rounds (as it does during EBM training).
+    The potential is evaluated afresh at the start of the round, so the target may change
+    between rounds (as it does during EBM training). While adapting, the round uses the
+    current dual-averaging step size, then re-estimates the preconditioner from the walkers,
+    restarts the window if they moved far, and fits the flow on the window's positions;
+    otherwise everything is frozen and the averaged step size is used.
 
     Args:
-        rng_key: PRNG key.
-        state: State after the previous round.
+        rng_key: PRNG key (typed or raw).
+        position: Walker positions, ``(num_walkers, dim)``.
+        state: Adaptation state after the previous round.
         potential_fn: ``U`` of one flat position.
         flow_static: The non-trainable part of the flow (see :func:`numpyro_ebm.flows.split_flow`).
         config: Hyperparameters.
         adapting: Boolean scalar: adapt the step size and fit the flow this round.
 
     Returns:
-        The new state and the round's diagnostics.
+        The new positions, the new adaptation state and the round's diagnostics.
     """
-    key_global, key_local, key_fit = jax.random.split(rng_key, 3)
-    walkers = init_walkers(state.position, potential_fn)
-    num_walkers = walkers.position.shape[0]
+    key_global, key_local, key_fit = jax.random.split(typed_key(rng_key), 3)
+    potential_energy = nonfinite_to_inf(jax.vmap(potential_fn)(position))
+    num_walkers = position.shape[0]
 
     if config.global_move == "none":
-        global_accept_prob = jnp.zeros(num_walkers, walkers.position.dtype)
+        global_accept_prob = jnp.zeros(num_walkers, position.dtype)
         global_nonfinite = jnp.zeros(num_walkers, jnp.int32)
     else:
-        flow = merge_flow(state.flow_params, flow_static)
-        position, _, global_info = _global_move(key_global, walkers, flow, potential_fn, config)
-        walkers = init_walkers(position, potential_fn)
-        global_accept_prob = global_info.accept_prob.astype(walkers.position.dtype)
+        flow = proposal_flow(state, flow_static, config)
+        position, potential_energy, global_info = _global_move(
+            key_global, position, potential_energy, flow, potential_fn, config
+        )
+        global_accept_prob = global_info.accept_prob.astype(position.dtype)
         global_nonfinite = global_info.num_nonfinite
 
-    walkers, accept_prob, local_nonfinite = _local_moves(
-        key_local, walkers, potential_fn, state.step_size, config.num_local_steps
+    step_size = jnp.where(adapting, state.step_size, state.step_size_average)
+    position, potential_energy, accept_prob, local_nonfinite = _local_moves(
+        key_local,
+        position,
+        potential_energy,
+        potential_fn,
+        state.preconditioner,
+        step_size,
+        config.num_local_steps,
     )
-
-    step_size = jnp.where(
-        adapting & (config.num_local_steps > 0),
-        adapt_step_size(
-            state.step_size, jnp.mean(accept_prob), config.target_accept_prob, state.round_index
-        ),
-        state.step_size,
+    state = jax.lax.cond(
+        adapting,
+        lambda: _adapt(state, position, accept_prob, global_accept_prob, config),
+        lambda: state,
     )
-    buffer = state.buffer.at[state.round_index % state.buffer.shape[0]].set(walkers.position)
-    state = state._replace(position=walkers.position, step_size=step_size, buffer=buffer)
 
     fit_now = (
         adapting
+        & still_fitting(state.fit_progress, config.fit_patience)
         & config.fit_flow
         & (config.global_move != "none")
         & (state.round_index % config.fit_every == 0)
@@ -243,17 +404,17 @@ def flowmc_round(
     flow_params, opt_state, flow_loss = jax.lax.cond(
         fit_now,
         lambda: _fit_on_buffer(key_fit, state, flow_static, config),
-        lambda: (state.flow_params, state.opt_state, jnp.full((), jnp.nan, state.position.dtype)),
+        lambda: (state.flow_params, state.opt_state, jnp.full((), jnp.nan, position.dtype)),
     )
     state = state._replace(
         flow_params=flow_params, opt_state=opt_state, round_index=state.round_index + 1
     )
     info = FlowMCRoundInfo(
-        potential_energy=walkers.potential_energy,
+        potential_energy=potential_energy,
         accept_prob=accept_prob,
         global_accept_prob=global_accept_prob,
         # int32 whatever `jax_enable_x64` says: the kernel state holds int32 counts.
         num_nonfinite=(global_nonfinite + local_nonfinite).astype(jnp.int32),
         flow_loss=flow_loss,
     )
-    return state, info
+    return position, state, info

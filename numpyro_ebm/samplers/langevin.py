@@ -25,6 +25,7 @@ __all__ = [
     "Walkers",
     "init_walkers",
     "mala_step",
+    "nonfinite_to_inf",
     "ula_step",
 ]
 
@@ -59,6 +60,17 @@ class LocalInfo(NamedTuple):
     accept_prob: jax.Array
     accepted: jax.Array
     nonfinite: jax.Array
+
+
+def nonfinite_to_inf(potential_energy: jax.Array) -> jax.Array:
+    """``U`` with every non-finite value (NaN, ±inf) replaced by ``+inf``: zero density.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> nonfinite_to_inf(jnp.array([1.0, jnp.nan, -jnp.inf]))
+        Array([ 1., inf, inf], dtype=float32)
+    """
+    return jnp.where(jnp.isfinite(potential_energy), potential_energy, jnp.inf)
 
 
 def _value_and_grad(potential_fn: PotentialFn, position: jax.Array):

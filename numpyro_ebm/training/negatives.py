@@ -154,6 +154,7 @@ def _kernel_sampler(
         num_fit_steps=1,
         fit_batch_size=fit_batch_size,
         buffer_size=1,
+        fit_patience=None,  # the target moves with the EBM: the flow never stops following
     )
 
     def init(rng_key, positions, energy_params):

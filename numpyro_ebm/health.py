@@ -1,0 +1,216 @@
+"""Checks that a flow-assisted run went well, as NUTS users read divergences and R̂.
+
+Three things go wrong silently with a flow-assisted sampler, and each has a remedy:
+
+- **the flow proposes nothing useful** (mean global acceptance near 0): the flow has not
+  learned the target, so modes are not exchanging walkers;
+- **the MALA step size collapsed**: local moves are frozen (a rough or badly scaled potential);
+- **the walkers have not mixed**: the rank-normalised split R̂ computed with each walker as a
+  chain (Vehtari et al. 2021) exceeds 1.01, so walkers still remember where they started.
+
+:class:`~numpyro_ebm.FlowMCKernel` runs :func:`find_problems` on its last warm-up window when
+warm-up ends and warns once; :func:`check_run` runs the same checks on a finished ``MCMC``'s
+kept draws, for notebooks and tests.
+
+References:
+    A. Vehtari, A. Gelman, D. Simpson, B. Carpenter, P.-C. Bürkner, *Rank-normalization,
+    folding, and localization: an improved R̂*, Bayesian Analysis 16 (2021).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from numpyro_ebm.metrics import mixing_diagnostics
+
+__all__ = [
+    "RunHealth",
+    "check_run",
+    "find_problems",
+    "walker_rhat",
+    "warn_after_warmup",
+    "warn_problems",
+]
+
+#: Below this mean global acceptance the flow counts as useless: fewer than one walker in a
+#: hundred moves globally per iteration.
+MIN_GLOBAL_ACCEPT_PROB = 0.01
+#: Below this the MALA step size (in coordinates standardised by the walkers' spread, where a
+#: working step is of order 0.1–1) has collapsed: a walker moves ~1e-2 standard deviations
+#: per step at most.
+MIN_STEP_SIZE = 1e-4
+#: Vehtari et al. (2021)'s threshold for R̂.
+MAX_RHAT = 1.01
+#: Fewest draws per walker for an R̂ (split R̂ halves each chain).
+_MIN_DRAWS = 8
+
+
+class RunHealth(NamedTuple):
+    """What :func:`check_run` measured, and the problems it found.
+
+    Attributes:
+        global_accept_prob: Mean acceptance of the global moves (NaN without them).
+        step_size: MALA step size of the kept draws (in standardised coordinates).
+        max_rhat: Largest R̂ over coordinates, each walker a chain (NaN if too few draws).
+        problems: One message per problem, each naming its cause and a remedy; empty when the
+            run looks healthy.
+    """
+
+    global_accept_prob: float
+    step_size: float
+    max_rhat: float
+    problems: tuple[str, ...]
+
+
+def walker_rhat(draws: Any) -> float:
+    """Largest rank-normalised split R̂ over coordinates with each walker as a chain.
+
+    Args:
+        draws: Shape ``(num_walkers, num_draws, dim)``.
+
+    Returns:
+        The largest R̂, or NaN with fewer than 8 draws per walker or non-finite draws.
+    """
+    draws = np.asarray(draws, np.float64)
+    if draws.shape[1] < _MIN_DRAWS or not np.all(np.isfinite(draws)):
+        return float("nan")
+    return mixing_diagnostics(draws)["max_rhat"]
+
+
+def find_problems(
+    global_accept_prob: float, step_size: float, max_rhat: float, *, uses_flow: bool = True
+) -> tuple[str, ...]:
+    """Messages for the checks that fail; each names the cause and a remedy.
+
+    Args:
+        global_accept_prob: Mean global acceptance.
+        step_size: MALA step size (standardised coordinates); NaN skips the check.
+        max_rhat: Largest R̂ with walkers as chains; NaN skips the check.
+        uses_flow: Whether the run made global moves.
+
+    Returns:
+        The messages, empty if every check passes.
+
+    Example:
+        >>> find_problems(0.5, 0.3, 1.002)
+        ()
+        >>> print(find_problems(0.0, 0.3, 1.002)[0])  # doctest: +ELLIPSIS
+        mean global acceptance 0.000 < 0.01: the flow proposes ...
+    """
+    problems = []
+    if uses_flow and not global_accept_prob >= MIN_GLOBAL_ACCEPT_PROB:
+        problems.append(
+            f"mean global acceptance {global_accept_prob:.3f} < {MIN_GLOBAL_ACCEPT_PROB}: the "
+            "flow proposes almost nothing the target accepts, so walkers do not move between "
+            "modes. Use a longer warm-up (num_warmup), more walkers (num_chains) spread over "
+            "the modes, or a larger flow (flow_options)."
+        )
+    if step_size < MIN_STEP_SIZE:
+        problems.append(
+            f"MALA step size {step_size:.2e} < {MIN_STEP_SIZE:g} (standardised coordinates): "
+            "local moves are frozen. The potential may be rough, discontinuous or have wrong "
+            "gradients; check the model, or reparameterise it."
+        )
+    if max_rhat > MAX_RHAT:
+        problems.append(
+            f"walkers have not mixed: R̂ across walkers {max_rhat:.3f} > {MAX_RHAT}. Run a "
+            "longer warm-up and more draws, or check the global acceptance."
+        )
+    return tuple(problems)
+
+
+def warn_problems(problems: tuple[str, ...], when: str) -> None:
+    """Emit one ``UserWarning`` listing ``problems`` (nothing if there are none).
+
+    Args:
+        problems: Messages from :func:`find_problems`.
+        when: Where they were found, e.g. ``"after warm-up"``.
+    """
+    if problems:
+        message = f"FlowMCKernel {when}: " + " ".join(problems)
+        warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def warn_after_warmup(adaptation: Any, global_accept_prob: Any, *, uses_flow: bool) -> None:
+    """From traced code: run :func:`find_problems` on the last warm-up window, on the host.
+
+    The walkers' positions over the window (at most the buffer's length) give R̂ with each
+    walker as a chain; the step size is the averaged one sampling will use.
+
+    Args:
+        adaptation: The round's :class:`~numpyro_ebm.samplers.FlowMCAdaptation` after the
+            last warm-up round.
+        global_accept_prob: Mean global acceptance of that round.
+        uses_flow: Whether the kernel makes global moves.
+    """
+    buffer_size = adaptation.buffer.shape[0]
+    num_rows = jnp.minimum(adaptation.round_index - adaptation.window_start, buffer_size)
+    # Buffer rows in the order they were written, oldest first.
+    rows = (adaptation.round_index - buffer_size + jnp.arange(buffer_size)) % buffer_size
+
+    def on_host(history, num_rows, global_accept_prob, step_size):
+        history = np.asarray(history)[len(history) - int(num_rows) :]
+        max_rhat = walker_rhat(np.swapaxes(history, 0, 1))
+        problems = find_problems(
+            float(global_accept_prob), float(step_size), max_rhat, uses_flow=uses_flow
+        )
+        warn_problems(problems, "after warm-up")
+
+    jax.debug.callback(
+        on_host,
+        adaptation.buffer[rows],
+        num_rows,
+        global_accept_prob,
+        adaptation.step_size_average,
+    )
+
+
+def check_run(mcmc: Any) -> RunHealth:
+    """Check a finished ``MCMC(FlowMCKernel(...))`` run on its kept draws.
+
+    Args:
+        mcmc: A ``numpyro.infer.MCMC`` whose sampler is a :class:`~numpyro_ebm.FlowMCKernel`,
+            after ``run``.
+
+    Returns:
+        The measured global acceptance, step size and R̂, and the problems found.
+
+    Raises:
+        TypeError: If the sampler is not a ``FlowMCKernel`` or ``run`` has not been called.
+
+    Example:
+        >>> import jax, numpyro, numpyro.distributions as dist
+        >>> from numpyro.infer import MCMC
+        >>> from numpyro_ebm import FlowMCKernel
+        >>> def model():
+        ...     numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]))
+        >>> mcmc = MCMC(FlowMCKernel(model, num_particles=8), num_warmup=100,
+        ...             num_samples=100, num_chains=16, chain_method="vectorized",
+        ...             progress_bar=False)
+        >>> mcmc.run(jax.random.PRNGKey(0))
+        >>> check_run(mcmc).problems
+        ()
+    """
+    from numpyro_ebm.kernel import FlowMCKernel  # the kernel imports this module
+
+    state = getattr(mcmc, "last_state", None)
+    if not isinstance(mcmc.sampler, FlowMCKernel) or state is None:
+        raise TypeError(
+            "`check_run` takes an MCMC of a FlowMCKernel after `run`; got an MCMC of "
+            f"{type(mcmc.sampler).__name__}" + (" that has not run." if state is None else ".")
+        )
+    samples = jax.tree.leaves(mcmc.get_samples(group_by_chain=True))
+    draws = np.concatenate([np.reshape(leaf, (*leaf.shape[:2], -1)) for leaf in samples], -1)
+    extra = mcmc.get_extra_fields(group_by_chain=True)
+    global_accept_prob = float(np.mean(extra["global_accept_prob"]))
+    step_size = float(np.asarray(state.step_size)[0])
+    max_rhat = walker_rhat(draws)
+    problems = find_problems(
+        global_accept_prob, step_size, max_rhat, uses_flow=mcmc.sampler.global_move != "none"
+    )
+    return RunHealth(global_accept_prob, step_size, max_rhat, problems)

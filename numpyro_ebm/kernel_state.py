@@ -1,0 +1,102 @@
+"""The state of :class:`~numpyro_ebm.FlowMCKernel`, shaped for NumPyro's ``MCMC`` collection.
+
+``MCMC(..., chain_method="vectorized")`` collects a state field by stacking it over iterations
+and then swapping the first two axes, so every field a user may name in ``extra_fields`` must
+have the walker axis first. Per-iteration scalars (``i``, ``step_size``, running acceptance
+means) are therefore kept once per walker, and the PRNG key is kept as one key per walker.
+What only the sampler needs (flow, optimizer, preconditioner, buffer) sits in the single field
+``adaptation``, which ``MCMC`` cannot collect.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from numpyro_ebm._checks import typed_key
+from numpyro_ebm.samplers.flowmc import FlowMCAdaptation
+
+__all__ = ["COLLECTABLE_FIELDS", "FlowMCState", "per_walker_keys"]
+
+
+class _FlowMCFields(NamedTuple):
+    i: jax.Array
+    z: Any
+    potential_energy: jax.Array
+    accept_prob: jax.Array
+    global_accept_prob: jax.Array
+    num_nonfinite: jax.Array
+    flow_loss: jax.Array
+    step_size: jax.Array
+    mean_accept_prob: jax.Array
+    mean_global_accept_prob: jax.Array
+    adaptation: FlowMCAdaptation
+    rng_key: jax.Array
+
+
+#: Fields with the walker axis first, which ``MCMC.run(extra_fields=...)`` can collect.
+COLLECTABLE_FIELDS = tuple(name for name in _FlowMCFields._fields if name != "adaptation")
+
+
+def per_walker_keys(rng_key: jax.Array, num_walkers: int) -> jax.Array:
+    """``num_walkers`` raw ``uint32`` keys from one key or a batch of keys, typed or raw.
+
+    The state keeps raw key data: NumPyro's collection of ``extra_fields`` cannot stack typed
+    keys. A batch of ``num_walkers`` raw keys is returned as it is.
+
+    Args:
+        rng_key: One key or a batch of keys (walker axis first), typed or raw.
+        num_walkers: Number of walkers.
+
+    Returns:
+        Raw keys of shape ``(num_walkers, *key_shape)``.
+
+    Example:
+        >>> import jax
+        >>> per_walker_keys(jax.random.key(0), 3).shape
+        (3, 2)
+    """
+    rng_key = jnp.asarray(rng_key)
+    if not jax.dtypes.issubdtype(rng_key.dtype, jax.dtypes.prng_key):
+        if rng_key.ndim == 2 and rng_key.shape[0] == num_walkers:
+            return rng_key
+        rng_key = typed_key(rng_key if rng_key.ndim == 1 else rng_key[0])
+    elif rng_key.ndim:
+        rng_key = rng_key[0]
+    return jax.random.key_data(jax.random.split(rng_key, num_walkers))
+
+
+class FlowMCState(_FlowMCFields):
+    """State of :class:`~numpyro_ebm.FlowMCKernel`; every field but ``adaptation`` is per walker.
+
+    Attributes:
+        i: Iterations done (warm-up included), repeated per walker.
+        z: Unconstrained positions of the walkers (a pytree like the model's latent sites).
+        potential_energy: ``U(z)`` per walker.
+        accept_prob: Mean MALA acceptance probability of the last iteration, per walker.
+        global_accept_prob: Acceptance probability of the last global move, per walker.
+        num_nonfinite: Proposals of the last iteration with a non-finite potential (rejected).
+        flow_loss: Loss of the last flow fit, repeated per walker (NaN if none this iteration).
+        step_size: MALA step size used in the last iteration (in preconditioned coordinates),
+            repeated per walker.
+        mean_accept_prob: Running mean of ``accept_prob`` in the current phase (warm-up or
+            sampling), repeated per walker.
+        mean_global_accept_prob: Running mean of ``global_accept_prob``, repeated per walker.
+        adaptation: The sampler's own state: flow parameters, optimizer state, preconditioner,
+            step-size adaptation and the buffer the flow is fitted on (see
+            :class:`~numpyro_ebm.samplers.FlowMCAdaptation`). Not collectable.
+        rng_key: One raw ``uint32`` PRNG key per walker (``MCMC.run`` may be given either
+            kind of key; NumPyro can only collect raw ones).
+    """
+
+    __slots__ = ()
+
+    def _replace(self, **changes) -> FlowMCState:
+        # `MCMC` continues a run with `state._replace(rng_key=key)` and one key; keep one key
+        # per walker so the field stays collectable and the loop's carry keeps its shape.
+        if "rng_key" in changes:
+            num_walkers = self.potential_energy.shape[0]
+            changes["rng_key"] = per_walker_keys(changes["rng_key"], num_walkers)
+        return super()._replace(**changes)

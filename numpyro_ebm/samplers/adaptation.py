@@ -1,0 +1,293 @@
+"""Warm-up adaptation from the walker ensemble: a preconditioner and the MALA step size.
+
+Many walkers give, at every iteration, an estimate of the target's location and scale that a
+single chain only gets from its history. The flowMC round uses it twice:
+
+- **Preconditioning.** An affine map ``x = loc + L u`` with ``loc`` the walkers' mean and
+  ``L`` their standard deviations (diagonal, the default) or the Cholesky factor of their
+  covariance (dense). MALA runs in ``u``, which is preconditioned MALA with mass matrix
+  ``(L Lᵀ)⁻¹`` in ``x`` (the role of NUTS's adapted mass matrix), and the proposal flow is
+  fitted in ``u``, so it follows the walkers wherever the posterior sits and however it is
+  scaled (a flow of standardised coordinates, as spline transformers need; METHOD.md §6).
+- **Windows.** When the walkers have moved far from where the current window started (their
+  mean by more than one standard deviation, or a scale by more than a factor of two), a new
+  window starts: the flow's buffer forgets the stale positions and the step-size adaptation
+  restarts, as NUTS restarts its adaptation at each window of its warm-up.
+
+The step size is adapted by dual averaging (Hoffman & Gelman 2014, Alg. 6, NumPyro's
+implementation), which moves the log step size by tens of units in a few iterations when it is
+far off, where a Robbins–Monro recursion with a decaying gain needs thousands.
+
+References:
+    M. D. Hoffman, A. Gelman, *The No-U-Turn Sampler*, JMLR 15 (2014).
+    C. Andrieu, J. Thoms, *A tutorial on adaptive MCMC*, Stat. Comput. 18 (2008).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from flowjax.bijections import Affine, TriangularAffine
+from flowjax.distributions import AbstractDistribution, Transformed
+from numpyro.infer.hmc_util import dual_averaging
+
+__all__ = [
+    "FitProgress",
+    "Preconditioner",
+    "ensemble_preconditioner",
+    "from_latent",
+    "identity_preconditioner",
+    "init_fit_progress",
+    "init_step_size_adaptation",
+    "moved_far",
+    "precondition_flow",
+    "still_fitting",
+    "to_latent",
+    "update_fit_progress",
+    "update_step_size",
+]
+
+#: Shrinkage of a dense covariance estimate toward its diagonal, as ``n / (n + 5)`` in Stan's
+#: metric adaptation: with few walkers per dimension the sample covariance is singular.
+_DENSE_SHRINKAGE_COUNT = 5.0
+#: Relative spread below which a coordinate counts as collapsed: relative to max(|loc|, 1), so
+#: a posterior far from the origin is not given a scale below float resolution.
+_MIN_RELATIVE_SCALE = 1e-6
+#: A window restarts when the walkers' mean moved by more than this many standard deviations
+#: (root mean square over coordinates) since it started ...
+_RESTART_SHIFT = 1.0
+#: ... or a coordinate's scale changed by more than this factor.
+_RESTART_SCALE_RATIO = 2.0
+#: Dual-averaging constants of Hoffman & Gelman (2014), NumPyro's defaults.
+_DUAL_AVERAGING = dict(t0=10, kappa=0.75, gamma=0.05)
+
+
+class Preconditioner(NamedTuple):
+    """The affine map ``x = loc + L u`` between standardised and model coordinates.
+
+    Attributes:
+        loc: Shape ``(dim,)``.
+        scale: ``(dim,)`` for a diagonal ``L``, or ``(dim, dim)`` lower-triangular ``L``.
+    """
+
+    loc: jax.Array
+    scale: jax.Array
+
+
+def identity_preconditioner(dim: int, dtype=jnp.float32, *, dense: bool = False) -> Preconditioner:
+    """The identity map (``loc = 0``, ``L = I``)."""
+    scale = jnp.eye(dim, dtype=dtype) if dense else jnp.ones(dim, dtype)
+    return Preconditioner(jnp.zeros(dim, dtype), scale)
+
+
+def ensemble_preconditioner(positions: jax.Array, *, dense: bool = False) -> Preconditioner:
+    """The walkers' mean and standard deviations (or covariance Cholesky factor).
+
+    Non-finite positions are ignored. A dense covariance is shrunk toward its diagonal by
+    ``5 / (n + 5)`` with ``n`` walkers, so it is positive definite even when ``n <= dim``.
+
+    Args:
+        positions: Walker positions, shape ``(num_walkers, dim)``.
+        dense: Estimate a full covariance instead of variances.
+
+    Returns:
+        The preconditioner.
+
+    Example:
+        >>> import jax
+        >>> x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), (4096, 2))
+        >>> loc, scale = ensemble_preconditioner(x)
+        >>> [round(float(v), 1) for v in (*loc, *scale)]
+        [3.0, 3.0, 2.0, 2.0]
+    """
+    finite = jnp.all(jnp.isfinite(positions), axis=1)
+    count = jnp.maximum(jnp.sum(finite), 1).astype(positions.dtype)
+    safe = jnp.where(finite[:, None], positions, 0.0)
+    loc = jnp.sum(safe, axis=0) / count
+    centred = jnp.where(finite[:, None], positions - loc, 0.0)
+    variance = jnp.sum(centred**2, axis=0) / count
+    # A collapsed coordinate (every walker at the same value, as after `init_to_median`) gets
+    # scale 1: any scale would do, and the walkers' own spread replaces it within a window.
+    floor = _MIN_RELATIVE_SCALE * jnp.maximum(jnp.abs(loc), 1.0)
+    variance = jnp.where(variance > floor**2, variance, 1.0)
+    if not dense:
+        return Preconditioner(loc, jnp.sqrt(variance))
+    covariance = centred.T @ centred / count
+    weight = count / (count + _DENSE_SHRINKAGE_COUNT)
+    covariance = weight * covariance + (1.0 - weight) * jnp.diag(jnp.diag(covariance))
+    covariance = covariance + jnp.diag(jnp.maximum(variance - jnp.diag(covariance), 0.0))
+    return Preconditioner(loc, jnp.linalg.cholesky(covariance))
+
+
+def to_latent(preconditioner: Preconditioner, position: jax.Array) -> jax.Array:
+    """``u = L⁻¹ (x − loc)`` for positions of shape ``(..., dim)``."""
+    centred = position - preconditioner.loc
+    if preconditioner.scale.ndim == 1:
+        return centred / preconditioner.scale
+    solve = jax.scipy.linalg.solve_triangular
+    return solve(
+        preconditioner.scale, centred.reshape(-1, centred.shape[-1]).T, lower=True
+    ).T.reshape(centred.shape)
+
+
+def from_latent(preconditioner: Preconditioner, latent: jax.Array) -> jax.Array:
+    """``x = loc + L u`` for latent points of shape ``(..., dim)``."""
+    if preconditioner.scale.ndim == 1:
+        return preconditioner.loc + preconditioner.scale * latent
+    return preconditioner.loc + latent @ preconditioner.scale.T
+
+
+def precondition_flow(flow: AbstractDistribution, preconditioner: Preconditioner):
+    """The distribution of ``loc + L u`` for ``u`` drawn from ``flow``.
+
+    Args:
+        flow: A flowjax distribution over the standardised coordinates ``u``.
+        preconditioner: The map to model coordinates.
+
+    Returns:
+        A flowjax distribution over model coordinates.
+    """
+    loc, scale = preconditioner
+    if scale.ndim == 1:
+        return Transformed(flow, Affine(loc, scale))
+    # The Cholesky factor as it is: flowjax's default parameterisation (softplus on the
+    # diagonal, a local closure) would round-trip it and could not be pickled.
+    bijection = eqx.tree_at(lambda b: b.triangular, TriangularAffine(loc, scale), scale)
+    return Transformed(flow, bijection)
+
+
+def _scales(preconditioner: Preconditioner) -> jax.Array:
+    scale = preconditioner.scale
+    return scale if scale.ndim == 1 else jnp.sqrt(jnp.sum(scale**2, axis=1))
+
+
+def moved_far(current: Preconditioner, reference: Preconditioner) -> jax.Array:
+    """Whether the walkers moved or changed scale enough since ``reference`` to restart.
+
+    Args:
+        current: The preconditioner estimated now.
+        reference: The one estimated when the current window started.
+
+    Returns:
+        Boolean scalar.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> ref = Preconditioner(jnp.zeros(2), jnp.ones(2))
+        >>> bool(moved_far(Preconditioner(jnp.array([0.5, 0.0]), jnp.ones(2)), ref))
+        False
+        >>> bool(moved_far(Preconditioner(jnp.array([20.0, 0.0]), jnp.ones(2)), ref))
+        True
+    """
+    reference_scale = _scales(reference)
+    shift = jnp.sqrt(jnp.mean(((current.loc - reference.loc) / reference_scale) ** 2))
+    log_ratio = jnp.abs(jnp.log(_scales(current) / reference_scale))
+    return (shift > _RESTART_SHIFT) | jnp.any(log_ratio > jnp.log(_RESTART_SCALE_RATIO))
+
+
+def init_step_size_adaptation(step_size: jax.Array) -> tuple:
+    """Start dual averaging from ``step_size``, with ``log ε`` as prox centre.
+
+    NUTS centres on ``log(10 ε)`` right after its step-size search, which biases the first
+    iterates upward by a factor ~3 whatever the acceptance. Windows restart here whenever
+    the walkers move far, possibly at every round while they travel to the posterior, and
+    that bias would then compound into an infinite step: centre on ``log ε`` instead.
+
+    Args:
+        step_size: Current step size (its dtype is kept).
+
+    Returns:
+        NumPyro's dual-averaging state ``(x_t, x_avg, g_avg, t, prox_center)``, in the step
+        size's dtype.
+    """
+    init_fn, _ = dual_averaging(**_DUAL_AVERAGING)
+    state = init_fn(jnp.log(step_size))
+    return tuple(jnp.asarray(leaf, step_size.dtype) for leaf in state)
+
+
+def update_step_size(
+    adaptation: tuple, accept_prob: jax.Array, target_accept_prob: float
+) -> tuple[jax.Array, jax.Array, tuple]:
+    """One dual-averaging update from the round's mean MALA acceptance.
+
+    Args:
+        adaptation: Current state.
+        accept_prob: Mean acceptance probability of the round (NaN counts as 0).
+        target_accept_prob: Target acceptance.
+
+    Returns:
+        ``(step_size, final_step_size, adaptation)``: the step size for the next round, the
+        averaged one to keep when warm-up ends, and the new state.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> adaptation = init_step_size_adaptation(jnp.array(0.1))
+        >>> step, _, _ = update_step_size(adaptation, jnp.array(0.0), 0.574)
+        >>> bool(step < 0.1)
+        True
+    """
+    _, update_fn = dual_averaging(**_DUAL_AVERAGING)
+    accept_prob = jnp.nan_to_num(accept_prob, nan=0.0)
+    state = update_fn(target_accept_prob - accept_prob, adaptation)
+    state = tuple(jnp.asarray(new, old.dtype) for new, old in zip(state, adaptation, strict=True))
+    log_step, log_step_average = state[0], state[1]
+    return jnp.exp(log_step), jnp.exp(log_step_average), state
+
+
+#: Smoothing of the global acceptance that decides when fitting stops: an exponential moving
+#: average over about ten rounds, so one lucky round does not count as progress.
+_ACCEPT_SMOOTHING = 0.1
+#: A gain smaller than this (one walker in a hundred) is no progress.
+_MIN_ACCEPT_GAIN = 0.01
+
+
+class FitProgress(NamedTuple):
+    """How the flow's global acceptance evolves over a window.
+
+    Attributes:
+        accept_prob: Smoothed mean global acceptance.
+        best_accept_prob: Its highest value in the window at the last real gain.
+        rounds_without_gain: Rounds since that gain.
+    """
+
+    accept_prob: jax.Array
+    best_accept_prob: jax.Array
+    rounds_without_gain: jax.Array
+
+
+def init_fit_progress(dtype=jnp.float32) -> FitProgress:
+    """No acceptance seen yet."""
+    zero = jnp.zeros((), dtype)
+    return FitProgress(zero, zero, jnp.zeros((), jnp.int32))
+
+
+def update_fit_progress(progress: FitProgress, global_accept_prob: jax.Array) -> FitProgress:
+    """Fold one round's mean global acceptance into the progress record.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> progress = init_fit_progress()
+        >>> for _ in range(100):
+        ...     progress = update_fit_progress(progress, jnp.array(0.9))
+        >>> int(progress.rounds_without_gain) > 50
+        True
+    """
+    smoothed = progress.accept_prob + _ACCEPT_SMOOTHING * (
+        jnp.nan_to_num(global_accept_prob) - progress.accept_prob
+    )
+    gained = smoothed > progress.best_accept_prob + _MIN_ACCEPT_GAIN
+    return FitProgress(
+        accept_prob=smoothed,
+        best_accept_prob=jnp.where(gained, smoothed, progress.best_accept_prob),
+        rounds_without_gain=jnp.where(gained, 0, progress.rounds_without_gain + 1),
+    )
+
+
+def still_fitting(progress: FitProgress, patience: int | None) -> jax.Array:
+    """Whether the flow should still be fitted: a gain within the last ``patience`` rounds."""
+    if patience is None:
+        return jnp.array(True)
+    return progress.rounds_without_gain < patience

@@ -1,0 +1,364 @@
+"""Warm-up adaptation: the ensemble preconditioner, dual averaging, windows and fit stopping.
+
+Maths oracles for the pure pieces, then the issue's goals through ``MCMC``: a posterior far from
+the initial box and badly scaled, an unstandardised regression, the README's two-mode target
+shifted away from the origin. Each of those has a negative control: the same run with the
+adaptation switched off (identity preconditioner) or the old initialisation fails the same
+check. Statistical checks state their false-alarm rate.
+"""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from _targets import two_sided_z
+from flowjax.distributions import Normal
+from numpyro.infer import MCMC
+from numpyro.infer.initialization import init_to_uniform
+
+from numpyro_ebm import FlowMCKernel
+from numpyro_ebm.flows import default_flow
+from numpyro_ebm.health import check_run
+from numpyro_ebm.kernel_state import COLLECTABLE_FIELDS
+from numpyro_ebm.samplers import flowmc
+from numpyro_ebm.samplers.adaptation import (
+    Preconditioner,
+    ensemble_preconditioner,
+    from_latent,
+    identity_preconditioner,
+    init_fit_progress,
+    init_step_size_adaptation,
+    moved_far,
+    precondition_flow,
+    still_fitting,
+    to_latent,
+    update_fit_progress,
+    update_step_size,
+)
+
+ALPHA = 1e-3  # family-wise false-alarm rate of each statistical test
+
+
+# -- Pure pieces -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_ensemble_preconditioner_recovers_the_walkers_moments(dense):
+    cov = np.array([[4.0, -1.9], [-1.9, 1.0]])
+    x = jax.random.multivariate_normal(jax.random.key(0), jnp.array([1e3, -5.0]), cov, (20000,))
+    x = x.at[:3].set(jnp.nan)  # non-finite walkers are ignored
+    loc, scale = ensemble_preconditioner(x, dense=dense)
+    np.testing.assert_allclose(loc, [1e3, -5.0], atol=0.05)
+    estimate = np.diag(np.asarray(scale) ** 2) if not dense else np.asarray(scale @ scale.T)
+    expected = np.diag(np.diag(cov)) if not dense else cov
+    np.testing.assert_allclose(estimate, expected, atol=0.1)
+
+
+def test_dense_preconditioner_is_positive_definite_with_fewer_walkers_than_dimensions():
+    x = jax.random.normal(jax.random.key(1), (4, 10))
+    _, chol = ensemble_preconditioner(x, dense=True)
+    assert bool(jnp.all(jnp.isfinite(chol))) and bool(jnp.all(jnp.diag(chol) > 0))
+
+
+def test_collapsed_walkers_get_unit_scale():
+    loc, scale = ensemble_preconditioner(jnp.full((8, 2), 3.0))
+    np.testing.assert_array_equal(loc, [3.0, 3.0])
+    np.testing.assert_array_equal(scale, [1.0, 1.0])
+
+
+def _dense_example():
+    return Preconditioner(jnp.array([2.0, -1.0]), jnp.array([[2.0, 0.0], [-0.7, 0.3]]))
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_latent_map_round_trips_and_the_flow_density_follows_the_change_of_variables(dense):
+    pre = (
+        _dense_example() if dense else Preconditioner(jnp.array([2.0, -1.0]), jnp.array([2.0, 0.3]))
+    )
+    x = jax.random.normal(jax.random.key(2), (5, 2))
+    np.testing.assert_allclose(from_latent(pre, to_latent(pre, x)), x, atol=1e-5)
+    base = default_flow(jax.random.key(3), 2)
+    flow = precondition_flow(base, pre)
+    # log q_x(x) = log q_u(u(x)) + log |det du/dx|, the Jacobian from autodiff.
+    for point in x:
+        jacobian = jax.jacobian(lambda p: to_latent(pre, p))(point)
+        expected = base.log_prob(to_latent(pre, point)) + jnp.linalg.slogdet(jacobian)[1]
+        np.testing.assert_allclose(flow.log_prob(point), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_windows_restart_on_a_shift_or_a_scale_change_only():
+    ref = identity_preconditioner(3)
+    assert not bool(moved_far(Preconditioner(jnp.full(3, 0.5), jnp.full(3, 1.5)), ref))
+    assert bool(moved_far(Preconditioner(jnp.full(3, 1.5), jnp.ones(3)), ref))
+    assert bool(moved_far(Preconditioner(jnp.zeros(3), jnp.array([1.0, 1.0, 2.5])), ref))
+    assert bool(moved_far(Preconditioner(jnp.zeros(3), jnp.array([1.0, 0.3, 1.0])), ref))
+
+
+def test_dual_averaging_finds_the_target_acceptance_of_mala_on_a_gaussian():
+    # MALA on N(0, 1) in d = 10: the acceptance falls with the step size, so dual averaging
+    # has one fixed point; from a step 1e4 too small it must get there within 300 rounds.
+    from numpyro_ebm.samplers.langevin import init_walkers, mala_step
+
+    def potential(x):
+        return 0.5 * x @ x
+
+    walkers = init_walkers(jax.random.normal(jax.random.key(4), (256, 10)), potential)
+    adaptation = init_step_size_adaptation(jnp.array(1e-5))
+    step = jnp.array(1e-5)
+
+    @jax.jit
+    def one_round(carry, key):
+        walkers, step, adaptation = carry
+        walkers, info = mala_step(key, walkers, potential, step)
+        step, average, adaptation = update_step_size(adaptation, jnp.mean(info.accept_prob), 0.574)
+        return (walkers, step, adaptation), (jnp.mean(info.accept_prob), average)
+
+    _, (accept, average) = jax.lax.scan(
+        one_round, (walkers, step, adaptation), jax.random.split(jax.random.key(5), 300)
+    )
+    assert 0.45 < float(jnp.mean(accept[-100:])) < 0.7
+    assert float(average[-1]) > 1e-2  # moved by more than three orders of magnitude
+
+
+def test_fitting_stops_after_a_plateau_and_never_without_patience():
+    progress = init_fit_progress()
+    for value in jnp.linspace(0.0, 0.9, 30):  # rising acceptance: still fitting
+        progress = update_fit_progress(progress, value)
+    assert bool(still_fitting(progress, 50))
+    # Flat acceptance: the smoothed value creeps up to 0.9 for ~45 rounds (gains of 0.01 at
+    # rate 0.1), then 50 rounds without gain stop the fitting.
+    for _ in range(150):
+        progress = update_fit_progress(progress, jnp.array(0.9))
+    assert not bool(still_fitting(progress, 50))
+    assert bool(still_fitting(progress, None))
+
+
+# -- Through MCMC: far, badly scaled, correlated ---------------------------------------------
+
+# A diagonal Gaussian target whose coordinates sit far from the initial box (−2, 2) and span
+# six orders of magnitude of scale. One coordinate per difficulty: float32 cannot hold 1e3 to
+# 1e-3 relative precision in the same coordinate.
+FAR_MEAN = np.array([1e3, 0.0, -20.0])
+FAR_SCALE = np.array([1.0, 1e-3, 1e3])
+
+
+def far_potential(z):
+    return 0.5 * jnp.sum(((z["x"] - FAR_MEAN) / FAR_SCALE) ** 2)
+
+
+def _far_run(num_walkers=64, num_warmup=400, num_samples=200):
+    start = {"x": jax.random.uniform(jax.random.key(6), (num_walkers, 3), minval=-2, maxval=2)}
+    kernel = FlowMCKernel(potential_fn=far_potential, num_particles=16)
+    mcmc = MCMC(
+        kernel,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=num_walkers,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the control run warns, by design
+        mcmc.run(jax.random.PRNGKey(7), init_params=start)
+    return np.asarray(mcmc.get_samples(group_by_chain=True)["x"], np.float64)
+
+
+def _standardised_errors(draws):
+    """|mean − truth| and |sd − truth| in units of the true sd, per coordinate."""
+    flat = draws.reshape(-1, draws.shape[-1])
+    return np.abs(flat.mean(0) - FAR_MEAN) / FAR_SCALE, np.abs(flat.std(0) / FAR_SCALE - 1)
+
+
+def test_a_far_and_badly_scaled_posterior_is_found_and_sampled():
+    mean_error, sd_error = _standardised_errors(_far_run())
+    # 64 × 200 draws of a well-mixed chain: the mean's error is ~1e-2 sd; 0.1 sd is the
+    # issue's goal and ~10 standard errors, so a false alarm is out of reach.
+    assert mean_error.max() < 0.1, mean_error
+    assert sd_error.max() < 0.1, sd_error
+
+
+def test_the_same_run_without_the_preconditioner_fails(monkeypatch):
+    monkeypatch.setattr(
+        flowmc,
+        "ensemble_preconditioner",
+        lambda x, dense=False: identity_preconditioner(x.shape[1], x.dtype, dense=dense),
+    )
+    mean_error, sd_error = _standardised_errors(_far_run())
+    assert max(mean_error.max(), sd_error.max()) > 0.1, (mean_error, sd_error)
+
+
+# Linear regression y = a + b t + noise with an unstandardised predictor t ~ N(100, 10²): the
+# posterior of (a, b) has sds 100× apart and correlation ≈ −0.995 (issue 7, item 8). Flat
+# priors and a known noise sd make it Gaussian with the least-squares moments.
+NUM_POINTS = 50
+NOISE_SD = 2.0
+
+
+def _regression_data():
+    key_t, key_y = jax.random.split(jax.random.key(8))
+    t = 100.0 + 10.0 * jax.random.normal(key_t, (NUM_POINTS,))
+    y = 3.0 + 0.5 * t + NOISE_SD * jax.random.normal(key_y, (NUM_POINTS,))
+    design = np.stack([np.ones(NUM_POINTS), np.asarray(t, np.float64)], 1)
+    cov = NOISE_SD**2 * np.linalg.inv(design.T @ design)
+    mean = cov @ design.T @ np.asarray(y, np.float64) / NOISE_SD**2
+    return t, y, mean, cov
+
+
+def regression(t, y):
+    a = numpyro.sample("a", dist.ImproperUniform(dist.constraints.real, (), ()))
+    b = numpyro.sample("b", dist.ImproperUniform(dist.constraints.real, (), ()))
+    numpyro.sample("y", dist.Normal(a + b * t, NOISE_SD), obs=y)
+
+
+def _regression_errors(**kernel_options):
+    t, y, mean, cov = _regression_data()
+    kernel = FlowMCKernel(regression, num_particles=16, **kernel_options)
+    mcmc = MCMC(
+        kernel,
+        num_warmup=400,
+        num_samples=200,
+        num_chains=64,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mcmc.run(jax.random.PRNGKey(9), t, y)
+    samples = mcmc.get_samples()
+    draws = np.stack([np.asarray(samples["a"]), np.asarray(samples["b"])], 1).astype(float)
+    sd = np.sqrt(np.diag(cov))
+    return np.abs(draws.mean(0) - mean) / sd, np.abs(draws.std(0) / sd - 1)
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_unstandardised_regression_matches_the_exact_posterior(dense):
+    mean_error, sd_error = _regression_errors(dense_preconditioner=dense)
+    assert mean_error.max() < 0.1, mean_error  # the issue's goal: within 0.1 posterior sd
+    assert sd_error.max() < 0.1, sd_error
+
+
+# -- The README's two-mode target away from the origin ----------------------------------------
+
+
+def _shifted_two_modes(shift):
+    shift = jnp.asarray(shift)
+
+    def model():
+        mixture = dist.MixtureSameFamily(
+            dist.Categorical(jnp.array([1 / 3, 2 / 3])),
+            dist.MultivariateNormal(jnp.array([[-5.0, -5.0], [5.0, 5.0]]) + shift, jnp.eye(2)),
+        )
+        numpyro.sample("x", mixture)
+
+    return model
+
+
+def _top_right_weight(shift, **kernel_options):
+    kernel = FlowMCKernel(_shifted_two_modes(shift), num_particles=16, **kernel_options)
+    mcmc = MCMC(
+        kernel,
+        num_warmup=300,
+        num_samples=200,
+        num_chains=64,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mcmc.run(jax.random.PRNGKey(10))
+    x = np.asarray(mcmc.get_samples(group_by_chain=True)["x"]) - np.asarray(shift)
+    return (x[..., 0] + x[..., 1] > 0).astype(float)
+
+
+@pytest.mark.parametrize("shift", [(20.0, 0.0), (0.0, -1e3)])
+def test_two_modes_far_from_the_origin_get_their_weights(shift):
+    indicator = _top_right_weight(shift)
+    # Binomial z-test on 64 × 200 draws, inflated ×2 for autocorrelation (i-SIR moves most
+    # walkers each iteration); 2 shifts share ALPHA.
+    se = 2 * np.sqrt((2 / 3) * (1 / 3) / indicator.size)
+    assert abs(indicator.mean() - 2 / 3) < two_sided_z(ALPHA, 2) * se
+
+
+def test_with_the_walkers_in_numpyros_initial_box_the_far_modes_are_not_found():
+    # Control: NumPyro's default initialisation puts every walker in (−2, 2), downhill of one
+    # mode only; the flow cannot propose the mode no walker found.
+    indicator = _top_right_weight((20.0, 0.0), init_strategy=init_to_uniform)
+    assert abs(indicator.mean() - 2 / 3) > 0.2
+
+
+# -- Collectable fields and health checks -----------------------------------------------------
+
+
+def _standard_normal():
+    numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]))
+
+
+@pytest.mark.parametrize("make_key", [jax.random.PRNGKey, jax.random.key])
+def test_every_collectable_field_is_collected_with_the_walker_axis(make_key):
+    mcmc = MCMC(
+        FlowMCKernel(_standard_normal, num_particles=4),
+        num_warmup=20,
+        num_samples=10,
+        num_chains=8,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    mcmc.warmup(make_key(0), extra_fields=COLLECTABLE_FIELDS)
+    mcmc.run(make_key(1), extra_fields=COLLECTABLE_FIELDS)
+    extra = mcmc.get_extra_fields(group_by_chain=True)
+    assert set(COLLECTABLE_FIELDS) - {"z"} <= set(extra)
+    for name, value in extra.items():
+        assert value.shape[:2] == (8, 10), name
+    np.testing.assert_array_equal(extra["i"][0], np.arange(21, 31))
+    assert len(set(np.asarray(extra["step_size"]).ravel())) == 1  # frozen after warm-up
+
+
+def _run(model, **options):
+    mcmc = MCMC(
+        FlowMCKernel(model, **options),
+        num_warmup=200,
+        num_samples=200,
+        num_chains=32,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mcmc.run(jax.random.PRNGKey(11))
+    return mcmc, [str(w.message) for w in caught if "FlowMCKernel" in str(w.message)]
+
+
+def test_a_healthy_run_raises_no_warning():
+    mcmc, messages = _run(_standard_normal, num_particles=8)
+    assert messages == []
+    assert check_run(mcmc).problems == ()
+
+
+def test_walkers_stuck_in_their_modes_are_reported():
+    model = _shifted_two_modes((0.0, 0.0))
+    mcmc, messages = _run(model, global_move="none")
+    assert len(messages) == 1 and "have not mixed" in messages[0]
+    assert any("have not mixed" in problem for problem in check_run(mcmc).problems)
+
+
+def test_a_useless_flow_is_reported():
+    # A frozen flow far from the target: no global proposal is ever accepted.
+    flow = Normal(jnp.full(2, 50.0), jnp.ones(2))
+    mcmc, messages = _run(_standard_normal, flow=flow, fit_flow=False, num_particles=4)
+    assert len(messages) == 1 and "global acceptance" in messages[0]
+    assert any("global acceptance" in problem for problem in check_run(mcmc).problems)
+
+
+def test_a_collapsed_step_size_is_reported():
+    # A rough potential: ripples of period 1e-4 make every MALA step but tiny ones fail.
+    def rough():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]))
+        numpyro.factor("ripples", 5.0 * jnp.sum(jnp.sin(6e4 * x)))
+
+    mcmc, messages = _run(rough, num_particles=4)
+    assert len(messages) == 1 and "step size" in messages[0]
+    assert any("step size" in problem for problem in check_run(mcmc).problems)
