@@ -11,8 +11,10 @@ from typing import Any
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
+from numpyro.infer.util import initialize_model
+from numpyro.util import is_prng_key
 
-__all__ = ["check_init_params", "with_auto_axes"]
+__all__ = ["check_init_params", "initialize_walkers", "num_walkers_of", "with_auto_axes"]
 
 
 def check_init_params(init_params: Any, num_walkers: int, *, from_model: bool) -> None:
@@ -84,3 +86,58 @@ def with_auto_axes(init_params: Any) -> Any:
         return jax.device_put(leaf, NamedSharding(auto_mesh, sharding.spec))
 
     return jax.tree.map(auto, init_params)
+
+
+def num_walkers_of(rng_key: jax.Array) -> int:
+    """The number of walkers: ``MCMC`` hands an ensemble kernel one key per chain.
+
+    Raises:
+        ValueError: If ``rng_key`` is a single key (one chain, or chains not vectorized).
+    """
+    if is_prng_key(rng_key):
+        raise ValueError(
+            "FlowMCKernel is an ensemble kernel: its walkers are NumPyro's chains and share "
+            "one flow. Use MCMC(..., num_chains=W, chain_method='vectorized') with W >= 2; "
+            "got a single chain's key (num_chains=1 or chain_method other than 'vectorized')."
+        )
+    return int(rng_key.shape[0])
+
+
+def initialize_walkers(rng_key, model, init_strategy, init_params, model_args, model_kwargs):
+    """Initial unconstrained values of the walkers, and the model's potential and transforms.
+
+    Args:
+        rng_key: One key per walker.
+        model: A NumPyro model, or ``None`` for a kernel built from a potential.
+        init_strategy: NumPyro's per-site initialisation.
+        init_params: Given initial values (walker axis first), or ``None``.
+        model_args: Arguments of the model.
+        model_kwargs: Keyword arguments of the model.
+
+    Returns:
+        ``(init_params, potential_fn_gen, postprocess_fn)``, the last two ``None`` without a
+        model. ``init_params`` are checked and moved to automatic mesh axes.
+
+    Raises:
+        ValueError: If values are missing, have no latent coordinate, or lack the walker axis.
+    """
+    potential_fn_gen = postprocess_fn = None
+    if model is not None:
+        params_info, potential_fn_gen, postprocess_fn, _ = initialize_model(
+            rng_key,
+            model,
+            dynamic_args=True,
+            init_strategy=init_strategy,
+            model_args=model_args,
+            model_kwargs=model_kwargs,
+            validate_grad=False,
+        )
+        if init_params is None:
+            init_params = params_info[0]
+    elif init_params is None:
+        raise ValueError(
+            "`init_params` (one value per walker, walker axis first) must be passed to "
+            "`MCMC.run` when the kernel is built from `potential_fn`; got None."
+        )
+    check_init_params(init_params, rng_key.shape[0], from_model=model is not None)
+    return with_auto_axes(init_params), potential_fn_gen, postprocess_fn

@@ -136,16 +136,18 @@ def warn_problems(problems: tuple[str, ...], when: str) -> None:
         warnings.warn(message, UserWarning, stacklevel=3)
 
 
-def warn_after_warmup(adaptation: Any, global_accept_prob: Any, *, uses_flow: bool) -> None:
-    """From traced code: run :func:`find_problems` on the last warm-up window, on the host.
+def warn_after_warmup(
+    adaptation: Any, global_accept_prob: Any, *, at_end: Any, uses_flow: bool
+) -> None:
+    """From traced code: at the end of warm-up, run :func:`find_problems` on the host.
 
-    The walkers' positions over the window (at most the buffer's length) give R̂ with each
-    walker as a chain; the step size is the averaged one sampling will use.
+    The walkers' positions over the last window (at most the buffer's length) give R̂ with
+    each walker as a chain; the step size is the averaged one sampling will use.
 
     Args:
-        adaptation: The round's :class:`~numpyro_ebm.samplers.FlowMCAdaptation` after the
-            last warm-up round.
-        global_accept_prob: Mean global acceptance of that round.
+        adaptation: The :class:`~numpyro_ebm.samplers.FlowMCAdaptation` after a round.
+        global_accept_prob: That round's global acceptance per walker.
+        at_end: Boolean scalar: the round was the last of warm-up (nothing happens otherwise).
         uses_flow: Whether the kernel makes global moves.
     """
     buffer_size = adaptation.buffer.shape[0]
@@ -161,13 +163,16 @@ def warn_after_warmup(adaptation: Any, global_accept_prob: Any, *, uses_flow: bo
         )
         warn_problems(problems, "after warm-up")
 
-    jax.debug.callback(
-        on_host,
-        adaptation.buffer[rows],
-        num_rows,
-        global_accept_prob,
-        adaptation.step_size_average,
-    )
+    def check():
+        jax.debug.callback(
+            on_host,
+            adaptation.buffer[rows],
+            num_rows,
+            jnp.mean(global_accept_prob),
+            adaptation.step_size_average,
+        )
+
+    jax.lax.cond(at_end, check, lambda: None)
 
 
 def check_run(mcmc: Any) -> RunHealth:

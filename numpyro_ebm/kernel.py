@@ -23,15 +23,20 @@ import jax
 import jax.numpy as jnp
 from flowjax.distributions import AbstractDistribution
 from jax.flatten_util import ravel_pytree
-from jax.sharding import NamedSharding, PartitionSpec
 from numpyro.infer.ensemble_util import batch_ravel_pytree
 from numpyro.infer.initialization import init_to_sample
 from numpyro.infer.mcmc import MCMCKernel
-from numpyro.infer.util import initialize_model
-from numpyro.util import identity, is_prng_key
+from numpyro.util import identity
 
-from numpyro_ebm._checks import positive_int, typed_key
-from numpyro_ebm._init_params import check_init_params, with_auto_axes
+from numpyro_ebm._checks import positive_float, positive_int, typed_key
+from numpyro_ebm._init_params import initialize_walkers, num_walkers_of
+from numpyro_ebm._kernel_setup import (
+    DEFAULT_TARGET_ACCEPT_PROB,
+    chunk_size_for_budget,
+    default_flow_options,
+    round_options,
+    walker_sharding,
+)
 from numpyro_ebm._pickling import kernel_getstate, kernel_setstate, latent_template
 from numpyro_ebm.flows import (
     default_flow,
@@ -39,35 +44,11 @@ from numpyro_ebm.flows import (
     split_flow,
 )
 from numpyro_ebm.health import warn_after_warmup
-from numpyro_ebm.kernel_state import FlowMCState, per_walker_keys
-from numpyro_ebm.samplers.flowmc import (
-    FlowMCConfig,
-    flowmc_round,
-    init_adaptation,
-    proposal_flow,
-)
+from numpyro_ebm.kernel_state import FlowMCState, initial_state, next_state
+from numpyro_ebm.samplers.flowmc import FlowMCConfig, flowmc_round, proposal_flow
+from numpyro_ebm.samplers.warmup import init_adaptation
 
 __all__ = ["FlowMCKernel", "FlowMCState"]
-
-#: Target MALA acceptance: the optimal-scaling value of Roberts & Rosenthal (1998), as in [A].
-DEFAULT_TARGET_ACCEPT_PROB = 0.574
-#: Bytes of scratch per fresh i-SIR particle and coordinate: the proposal itself plus the
-#: flow's and the potential's intermediates, estimated generously (8 arrays of the position's
-#: size) so that ``memory_budget_bytes`` is an upper bound in practice.
-_SCRATCH_ARRAYS_PER_PARTICLE = 8
-#: Largest dimension whose default flow uses spline transformers (see ``flow_options``).
-_MAX_SPLINE_DIM = 8
-
-
-def _walker_sharding(flat_position: jax.Array) -> NamedSharding | None:
-    """The sharding that keeps walkers split over devices, if they were given split."""
-    sharding = getattr(flat_position, "sharding", None)
-    if not isinstance(sharding, NamedSharding) or len(sharding.device_set) < 2:
-        return None
-    walker_axis = sharding.spec[0] if len(sharding.spec) else None
-    if walker_axis is None:
-        return None
-    return NamedSharding(sharding.mesh, PartitionSpec(walker_axis))
 
 
 class FlowMCKernel(MCMCKernel):
@@ -107,9 +88,7 @@ class FlowMCKernel(MCMCKernel):
             of picklable parts such as flowjax's ``Normal``.
         flow_options: Keyword arguments of :func:`numpyro_ebm.flows.default_flow` (e.g.
             ``transformer``, ``flow_layers``, ``nn_width``) for the default flow. Unless set,
-            the transformer is ``"spline"`` up to dimension 8 and ``"affine"`` above: on
-            ``benchmarks/bimodal.py`` in d = 16 and 64 affine coupling reached the same or
-            higher global acceptance at 3× to 15× less cost per proposal.
+            the transformer is ``"spline"`` up to dimension 8 and ``"affine"`` above.
         fit_flow: Fit the flow during warm-up. With ``False`` the flow is used as given.
         global_move: ``"isir"`` (default, [A]), ``"imh"``, or ``"none"`` (MALA only).
         num_particles: i-SIR particles per walker and iteration, the current state included.
@@ -174,59 +153,48 @@ class FlowMCKernel(MCMCKernel):
         if (model is None) == (potential_fn is None):
             given = "both" if model is not None else "neither"
             raise ValueError(f"Pass exactly one of `model` and `potential_fn`; got {given}.")
-        if global_move not in ("isir", "imh", "none"):
-            raise ValueError(f"`global_move` must be 'isir', 'imh' or 'none', got {global_move!r}.")
         if flow is not None and not isinstance(flow, AbstractDistribution):
             raise TypeError(f"`flow` must be a flowjax distribution, got {type(flow).__name__}.")
-        if not step_size > 0:
-            raise ValueError(f"`step_size` must be positive, got {step_size!r}.")
-        if not 0 < target_accept_prob < 1:
-            raise ValueError(f"`target_accept_prob` must be in (0, 1), got {target_accept_prob!r}.")
+        if flow is not None and flow_options:
+            raise ValueError("`flow_options` configure the default flow; got a `flow` as well.")
         self._model = model
         self._potential_fn = potential_fn
         self._init_strategy = init_strategy
-        if flow is not None and flow_options:
-            raise ValueError("`flow_options` configure the default flow; got a `flow` as well.")
         self._flow = flow
         self._flow_options = dict(flow_options or {})
         self._learning_rate = learning_rate
         self._optimizer = flow_optimizer(learning_rate)
-        self._step_size = float(step_size)
-        self._num_particles = positive_int("num_particles", num_particles, minimum=2)
-        self._particle_chunk_size = (
-            None
+        self._step_size = positive_float("step_size", step_size)
+        num_particles = positive_int("num_particles", num_particles, minimum=2)
+        self._chunk_options = dict(
+            num_particles=num_particles,
+            chunk_size=None
             if particle_chunk_size is None
-            else positive_int("particle_chunk_size", particle_chunk_size)
+            else positive_int("particle_chunk_size", particle_chunk_size),
+            memory_budget_bytes=positive_int("memory_budget_bytes", memory_budget_bytes),
         )
-        self._memory_budget_bytes = positive_int("memory_budget_bytes", memory_budget_bytes)
         self._buffer_size = positive_int("buffer_size", buffer_size)
         self._flow_seed = int(flow_seed)
-        self._round_options = dict(
-            num_local_steps=positive_int("num_local_steps", num_local_steps, minimum=0),
+        self._round_options = round_options(
+            num_local_steps=num_local_steps,
             global_move=global_move,
-            num_particles=self._num_particles,
-            target_accept_prob=float(target_accept_prob),
-            fit_flow=bool(fit_flow),
-            fit_every=positive_int("fit_every", fit_every),
-            num_fit_steps=positive_int("num_fit_steps", num_fit_steps),
-            fit_batch_size=positive_int("fit_batch_size", fit_batch_size),
+            num_particles=num_particles,
+            target_accept_prob=target_accept_prob,
+            fit_flow=fit_flow,
+            fit_every=fit_every,
+            num_fit_steps=num_fit_steps,
+            fit_batch_size=fit_batch_size,
             optimizer=self._optimizer,
-            dense_preconditioner=bool(dense_preconditioner),
-            fit_patience=None
-            if fit_patience is None
-            else positive_int("fit_patience", fit_patience),
+            dense_preconditioner=dense_preconditioner,
+            fit_patience=fit_patience,
             standardise_flow=flow is None,
         )
-        # Set by `init` from the initial walkers; fixed for the run.
-        self._config = None
-        self._potential_fn_gen = None
-        self._postprocess_fn = None
-        self._unravel = None
-        self._latent_template = None  # one walker's zeros: rebuilds `_unravel`
-        self._flow_static = None
-        self._walker_sharding = None
+        # Set by `init` from the initial walkers; fixed for the run. `_latent_template` (one
+        # walker's zeros) rebuilds `_unravel` after unpickling.
+        self._config = self._flow_static = self._walker_sharding = self._sample_fn = None
+        self._potential_fn_gen = self._postprocess_fn = None
+        self._unravel = self._latent_template = None
         self._num_warmup = 0
-        self._sample_fn = None
 
     # -- NumPyro's MCMCKernel interface -----------------------------------------------------
 
@@ -290,21 +258,31 @@ class FlowMCKernel(MCMCKernel):
             The initial state.
         """
         model_kwargs = {} if model_kwargs is None else model_kwargs
-        num_walkers = self._check_walker_keys(rng_key)
+        num_walkers = num_walkers_of(rng_key)
         key_state, key_model = jax.random.split(rng_key[0])
-        init_params = self._init_potential(
-            jax.random.split(key_model, num_walkers), init_params, model_args, model_kwargs
+        init_params, potential_fn_gen, postprocess_fn = initialize_walkers(
+            jax.random.split(key_model, num_walkers),
+            self._model,
+            self._init_strategy,
+            init_params,
+            model_args,
+            model_kwargs,
         )
+        if self._model is not None:
+            self._potential_fn_gen, self._postprocess_fn = potential_fn_gen, postprocess_fn
+        self._latent_template = latent_template(init_params)
         flat_position, _ = batch_ravel_pytree(init_params)
         self._unravel = ravel_pytree(jax.tree.map(lambda leaf: leaf[0], init_params))[1]
-        self._walker_sharding = _walker_sharding(flat_position)
+        self._walker_sharding = walker_sharding(flat_position)
         num_walkers, dim = flat_position.shape
         self._num_warmup = int(num_warmup)
 
         flow = self._flow if self._flow is not None else self._default_flow(dim)
         flow_params, self._flow_static = split_flow(flow)
         self._config = FlowMCConfig(
-            chunk_size=self._chunk_size(num_walkers, dim, flat_position.dtype),
+            chunk_size=chunk_size_for_budget(
+                num_walkers, dim, flat_position.dtype, **self._chunk_options
+            ),
             **self._round_options,
         )
         self._sample_fn = flowmc_round
@@ -318,11 +296,7 @@ class FlowMCKernel(MCMCKernel):
     def _initial_state(
         self, flat_position, init_params, flow_params, key_state, model_args, model_kwargs
     ) -> FlowMCState:
-        num_walkers = flat_position.shape[0]
         potential_fn = self._flat_potential(model_args, model_kwargs)
-        potential_energy = jax.vmap(potential_fn)(flat_position)
-        dtype = flat_position.dtype
-        zeros = jnp.zeros(num_walkers, dtype)
         adaptation = init_adaptation(
             flat_position,
             flow_params,
@@ -331,19 +305,8 @@ class FlowMCKernel(MCMCKernel):
             buffer_size=self._buffer_size,
             dense_preconditioner=self._config.dense_preconditioner,
         )
-        return FlowMCState(
-            i=jnp.zeros(num_walkers, jnp.int32),
-            z=init_params,
-            potential_energy=potential_energy,
-            accept_prob=zeros,
-            global_accept_prob=zeros,
-            num_nonfinite=jnp.zeros(num_walkers, jnp.int32),
-            flow_loss=jnp.full(num_walkers, jnp.nan, dtype),
-            step_size=jnp.full(num_walkers, self._step_size, dtype),
-            mean_accept_prob=zeros,
-            mean_global_accept_prob=zeros,
-            adaptation=adaptation,
-            rng_key=per_walker_keys(key_state, num_walkers),
+        return initial_state(
+            init_params, jax.vmap(potential_fn)(flat_position), adaptation, key_state
         )
 
     def sample(self, state: FlowMCState, model_args: tuple, model_kwargs: dict) -> FlowMCState:
@@ -359,11 +322,7 @@ class FlowMCKernel(MCMCKernel):
         """
         key_next, key_round = jax.random.split(typed_key(state.rng_key[0]))
         flat_position, unravel_batch = batch_ravel_pytree(state.z)
-        iteration = state.adaptation.round_index
-        adapting = iteration < self._num_warmup
-        step_size = jnp.where(
-            adapting, state.adaptation.step_size, state.adaptation.step_size_average
-        )
+        adapting = state.adaptation.round_index < self._num_warmup
         position, adaptation, info = flowmc_round(
             key_round,
             flat_position,
@@ -375,48 +334,21 @@ class FlowMCKernel(MCMCKernel):
         )
         if self._walker_sharding is not None:
             position = jax.lax.with_sharding_constraint(position, self._walker_sharding)
+        warn_after_warmup(
+            adaptation,
+            info.global_accept_prob,
+            at_end=state.adaptation.round_index + 1 == self._num_warmup,
+            uses_flow=self.global_move != "none",
+        )
         # Running means restart when sampling starts, so the bar shows the kept draws' rates.
-        count = jnp.where(adapting, iteration + 1, iteration + 1 - self._num_warmup)
-
-        def running_mean(mean, value):
-            return mean + (jnp.mean(value) - mean) / count
-
-        num_walkers = flat_position.shape[0]
-        jax.lax.cond(
-            iteration + 1 == self._num_warmup,
-            lambda: warn_after_warmup(
-                adaptation, jnp.mean(info.global_accept_prob), uses_flow=self.global_move != "none"
-            ),
-            lambda: None,
-        )
-
-        def per_walker(value):
-            return jnp.broadcast_to(value, (num_walkers,))
-
-        return FlowMCState(
-            i=per_walker(iteration + 1),
-            z=unravel_batch(position),
-            potential_energy=info.potential_energy,
-            accept_prob=info.accept_prob,
-            global_accept_prob=info.global_accept_prob,
-            num_nonfinite=info.num_nonfinite,
-            flow_loss=per_walker(info.flow_loss),
-            step_size=per_walker(step_size),
-            mean_accept_prob=running_mean(state.mean_accept_prob, info.accept_prob),
-            mean_global_accept_prob=running_mean(
-                state.mean_global_accept_prob, info.global_accept_prob
-            ),
-            adaptation=adaptation,
-            rng_key=per_walker_keys(key_next, num_walkers),
-        )
+        phase_start = jnp.where(adapting, 0, self._num_warmup)
+        return next_state(state, unravel_batch(position), adaptation, info, phase_start, key_next)
 
     def refresh(self, state: FlowMCState, model_args: tuple, model_kwargs: dict) -> FlowMCState:
         """Recompute the potential at the current walkers after the model's arguments changed."""
         flat_position, _ = batch_ravel_pytree(state.z)
         potential_fn = self._flat_potential(model_args, model_kwargs or {})
         return state._replace(potential_energy=jax.vmap(potential_fn)(flat_position))
-
-    # -- Flow access ---------------------------------------------------------------------------
 
     def get_flow(self, state: FlowMCState) -> AbstractDistribution:
         """The flow held in ``state`` (e.g. ``mcmc.last_state``), to inspect or reuse.
@@ -442,39 +374,6 @@ class FlowMCKernel(MCMCKernel):
 
     # -- Internals -----------------------------------------------------------------------------
 
-    def _check_walker_keys(self, rng_key: jax.Array) -> int:
-        if is_prng_key(rng_key):
-            raise ValueError(
-                "FlowMCKernel is an ensemble kernel: its walkers are NumPyro's chains and share "
-                "one flow. Use MCMC(..., num_chains=W, chain_method='vectorized') with W >= 2; "
-                "got a single chain's key (num_chains=1 or chain_method other than 'vectorized')."
-            )
-        return int(rng_key.shape[0])
-
-    def _init_potential(self, rng_key, init_params, model_args, model_kwargs):
-        if self._model is not None:
-            params_info, potential_fn_gen, postprocess_fn, _ = initialize_model(
-                rng_key,
-                self._model,
-                dynamic_args=True,
-                init_strategy=self._init_strategy,
-                model_args=model_args,
-                model_kwargs=model_kwargs,
-                validate_grad=False,
-            )
-            self._potential_fn_gen = potential_fn_gen
-            self._postprocess_fn = postprocess_fn
-            if init_params is None:
-                init_params = params_info[0]
-        elif init_params is None:
-            raise ValueError(
-                "`init_params` (one value per walker, walker axis first) must be passed to "
-                "`MCMC.run` when the kernel is built from `potential_fn`; got None."
-            )
-        check_init_params(init_params, rng_key.shape[0], from_model=self._model is not None)
-        self._latent_template = latent_template(init_params)
-        return with_auto_axes(init_params)
-
     def _flat_potential(self, model_args, model_kwargs) -> Callable[[jax.Array], jax.Array]:
         potential_fn = (
             self._potential_fn_gen(*model_args, **model_kwargs)
@@ -487,16 +386,8 @@ class FlowMCKernel(MCMCKernel):
     def _default_flow(self, dim: int) -> AbstractDistribution:
         # The default flow lives in the preconditioned coordinates, where the walkers are
         # standardised: it starts near the identity there (see `samplers.adaptation`).
-        options = {"transformer": "spline" if dim <= _MAX_SPLINE_DIM else "affine"}
-        options.update(self._flow_options)
+        options = default_flow_options(dim, self._flow_options)
         return default_flow(jax.random.key(self._flow_seed), dim, **options)
-
-    def _chunk_size(self, num_walkers: int, dim: int, dtype) -> int:
-        if self._particle_chunk_size is not None:
-            return min(self._particle_chunk_size, self._num_particles - 1)
-        per_particle = num_walkers * dim * jnp.dtype(dtype).itemsize
-        fitting = self._memory_budget_bytes // (per_particle * _SCRATCH_ARRAYS_PER_PARTICLE)
-        return int(max(1, min(self._num_particles - 1, fitting)))
 
     def __getstate__(self) -> dict:
         # Flows are stored by recipe and arrays, closures rebuilt on loading; a `potential_fn`

@@ -16,9 +16,10 @@ import jax
 import jax.numpy as jnp
 
 from numpyro_ebm._checks import typed_key
-from numpyro_ebm.samplers.flowmc import FlowMCAdaptation
+from numpyro_ebm.samplers.flowmc import FlowMCRoundInfo
+from numpyro_ebm.samplers.warmup import FlowMCAdaptation
 
-__all__ = ["COLLECTABLE_FIELDS", "FlowMCState", "per_walker_keys"]
+__all__ = ["COLLECTABLE_FIELDS", "FlowMCState", "initial_state", "next_state", "per_walker_keys"]
 
 
 class _FlowMCFields(NamedTuple):
@@ -100,3 +101,86 @@ class FlowMCState(_FlowMCFields):
             num_walkers = self.potential_energy.shape[0]
             changes["rng_key"] = per_walker_keys(changes["rng_key"], num_walkers)
         return super()._replace(**changes)
+
+
+def initial_state(
+    z: Any, potential_energy: jax.Array, adaptation: FlowMCAdaptation, rng_key: jax.Array
+) -> FlowMCState:
+    """The state before the first iteration.
+
+    Args:
+        z: Initial unconstrained positions, walker axis first.
+        potential_energy: ``U`` at each walker.
+        adaptation: The sampler's initial adaptation state.
+        rng_key: One key, typed or raw.
+
+    Returns:
+        The state, with zero acceptances and the initial step size per walker.
+    """
+    num_walkers = potential_energy.shape[0]
+    dtype = potential_energy.dtype
+    zeros = jnp.zeros(num_walkers, dtype)
+    return FlowMCState(
+        i=jnp.zeros(num_walkers, jnp.int32),
+        z=z,
+        potential_energy=potential_energy,
+        accept_prob=zeros,
+        global_accept_prob=zeros,
+        num_nonfinite=jnp.zeros(num_walkers, jnp.int32),
+        flow_loss=jnp.full(num_walkers, jnp.nan, dtype),
+        step_size=jnp.broadcast_to(adaptation.step_size, (num_walkers,)),
+        mean_accept_prob=zeros,
+        mean_global_accept_prob=zeros,
+        adaptation=adaptation,
+        rng_key=per_walker_keys(rng_key, num_walkers),
+    )
+
+
+def next_state(
+    state: FlowMCState,
+    z: Any,
+    adaptation: FlowMCAdaptation,
+    info: FlowMCRoundInfo,
+    phase_start: jax.Array,
+    rng_key: jax.Array,
+) -> FlowMCState:
+    """The state after one round, with the round's diagnostics spread over the walkers.
+
+    Args:
+        state: The state before the round.
+        z: The walkers' new positions.
+        adaptation: The adaptation state after the round.
+        info: The round's diagnostics.
+        phase_start: Iteration at which the current phase (warm-up or sampling) began; the
+            running acceptance means average over the phase.
+        rng_key: The next key, typed or raw.
+
+    Returns:
+        The new state.
+    """
+    num_walkers = info.accept_prob.shape[0]
+    iteration = adaptation.round_index  # rounds done, this one included
+    count = iteration - phase_start
+
+    def running_mean(mean, value):
+        return mean + (jnp.mean(value) - mean) / count
+
+    def per_walker(value):
+        return jnp.broadcast_to(value, (num_walkers,))
+
+    return FlowMCState(
+        i=per_walker(iteration),
+        z=z,
+        potential_energy=info.potential_energy,
+        accept_prob=info.accept_prob,
+        global_accept_prob=info.global_accept_prob,
+        num_nonfinite=info.num_nonfinite,
+        flow_loss=per_walker(info.flow_loss),
+        step_size=per_walker(info.step_size),
+        mean_accept_prob=running_mean(state.mean_accept_prob, info.accept_prob),
+        mean_global_accept_prob=running_mean(
+            state.mean_global_accept_prob, info.global_accept_prob
+        ),
+        adaptation=adaptation,
+        rng_key=per_walker_keys(rng_key, num_walkers),
+    )

@@ -24,7 +24,7 @@ from numpyro_ebm import FlowMCKernel
 from numpyro_ebm.flows import default_flow
 from numpyro_ebm.health import check_run
 from numpyro_ebm.kernel_state import COLLECTABLE_FIELDS
-from numpyro_ebm.samplers import flowmc
+from numpyro_ebm.samplers import warmup
 from numpyro_ebm.samplers.adaptation import (
     Preconditioner,
     ensemble_preconditioner,
@@ -183,7 +183,7 @@ def test_a_far_and_badly_scaled_posterior_is_found_and_sampled():
 
 def test_the_same_run_without_the_preconditioner_fails(monkeypatch):
     monkeypatch.setattr(
-        flowmc,
+        warmup,
         "ensemble_preconditioner",
         lambda x, dense=False: identity_preconditioner(x.shape[1], x.dtype, dense=dense),
     )

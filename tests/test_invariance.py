@@ -39,7 +39,8 @@ from scipy import stats
 from numpyro_ebm.flows import flow_optimizer, split_flow
 from numpyro_ebm.samplers import flowmc, global_moves, langevin
 from numpyro_ebm.samplers.adaptation import Preconditioner
-from numpyro_ebm.samplers.flowmc import FlowMCConfig, flowmc_round, init_adaptation
+from numpyro_ebm.samplers.flowmc import FlowMCConfig, flowmc_round
+from numpyro_ebm.samplers.warmup import init_adaptation
 
 # Family-wise false-alarm rate of each target's checks.
 ALPHA = 1e-3

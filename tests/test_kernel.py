@@ -158,7 +158,7 @@ def _potential(z):
         (dict(model=gauss_model, buffer_size=0), "buffer_size.*>= 1, got 0"),
         (dict(model=gauss_model, particle_chunk_size=0), "particle_chunk_size.*>= 1, got 0"),
         (dict(model=gauss_model, memory_budget_bytes=0), "memory_budget_bytes.*>= 1, got 0"),
-        (dict(model=gauss_model, step_size=0.0), "step_size.*positive, got 0.0"),
+        (dict(model=gauss_model, step_size=0.0), "step_size.*positive.*got 0.0"),
         (dict(model=gauss_model, target_accept_prob=1.0), r"\(0, 1\), got 1.0"),
         (dict(model=gauss_model, learning_rate=-1e-3), "learning_rate.*positive, got -0.001"),
     ],
@@ -281,7 +281,7 @@ def test_particle_chunk_respects_the_memory_budget(budget, chunk_size, expected)
     else:
         # The scratch estimate of the kernel (see test_samplers' compiled-memory check) fits the
         # budget, and one more particle per chunk would not.
-        from numpyro_ebm.kernel import _SCRATCH_ARRAYS_PER_PARTICLE
+        from numpyro_ebm._kernel_setup import _SCRATCH_ARRAYS_PER_PARTICLE
 
         per_particle = num_walkers * dim * 4 * _SCRATCH_ARRAYS_PER_PARTICLE
         assert chunk * per_particle <= budget < (chunk + 1) * per_particle

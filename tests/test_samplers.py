@@ -16,6 +16,7 @@ from _targets import GAUSS_MEAN, gaussian_draws, two_sided_z
 from flowjax.distributions import Normal
 from scipy import stats
 
+from numpyro_ebm._kernel_setup import _SCRATCH_ARRAYS_PER_PARTICLE
 from numpyro_ebm.flows import (
     default_flow,
     fit_flow,
@@ -24,7 +25,6 @@ from numpyro_ebm.flows import (
     merge_flow,
     split_flow,
 )
-from numpyro_ebm.kernel import _SCRATCH_ARRAYS_PER_PARTICLE
 from numpyro_ebm.samplers import (
     imh_step,
     importance_log_weight,
@@ -33,7 +33,7 @@ from numpyro_ebm.samplers import (
     mala_step,
     ula_step,
 )
-from numpyro_ebm.samplers.flowmc import adapt_step_size
+from numpyro_ebm.samplers.adaptation import adapt_step_size
 from numpyro_ebm.samplers.langevin import mala_log_accept_ratio
 
 # Family-wise false-alarm rate of each statistical test in this file.

@@ -36,6 +36,7 @@ from numpyro.infer.hmc_util import dual_averaging
 
 __all__ = [
     "FitProgress",
+    "adapt_step_size",
     "Preconditioner",
     "ensemble_preconditioner",
     "from_latent",
@@ -291,3 +292,28 @@ def still_fitting(progress: FitProgress, patience: int | None) -> jax.Array:
     if patience is None:
         return jnp.array(True)
     return progress.rounds_without_gain < patience
+
+
+#: Robbins–Monro gain exponent for the log step size: in (1/2, 1] for convergence of the
+#: stochastic approximation; 0.6 is the value of Andrieu & Thoms (2008)'s examples.
+_STEP_SIZE_GAIN_EXPONENT = 0.6
+
+
+def adapt_step_size(step_size, mean_accept_prob, target_accept_prob, round_index):
+    """One Robbins–Monro update of the MALA step size toward a target acceptance.
+
+    Args:
+        step_size: Current step size.
+        mean_accept_prob: Mean MALA acceptance over the walkers and the round's steps.
+        target_accept_prob: Target acceptance.
+        round_index: Rounds done so far (sets the gain).
+
+    Returns:
+        The new step size.
+
+    Example:
+        >>> float(adapt_step_size(0.1, 1.0, 0.5, 0)) > 0.1
+        True
+    """
+    gain = (round_index + 1.0) ** -_STEP_SIZE_GAIN_EXPONENT
+    return step_size * jnp.exp(gain * (mean_accept_prob - target_accept_prob))

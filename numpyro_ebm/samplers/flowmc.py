@@ -3,12 +3,14 @@
 A round is one global move with the flow (i-SIR or independent MH), then ``num_local_steps``
 MALA steps. While ``adapting`` is true (warm-up, or inside EBM training), the round also
 
-1. moves the MALA step size toward ``target_accept_prob`` (Robbins–Monro on its logarithm), and
-2. every ``fit_every`` rounds, fits the flow by maximum likelihood on a buffer of the walkers'
-   recent positions.
+1. re-estimates the preconditioner from the walkers and restarts the adaptation window if they
+   moved far, moves the MALA step size toward ``target_accept_prob`` (dual averaging), and
+2. every ``fit_every`` rounds, until the global acceptance plateaus, fits the flow by maximum
+   likelihood on the walkers' positions of the current window
+   (:mod:`~numpyro_ebm.samplers.warmup`).
 
-Outside adaptation the flow and step size are frozen, so the rounds form a fixed Markov kernel
-that leaves the target invariant.
+Outside adaptation the flow, preconditioner and step size are frozen, so the rounds form a
+fixed Markov kernel that leaves the target invariant.
 
 :class:`FlowMCKernel <numpyro_ebm.FlowMCKernel>` is the NumPyro adapter of this module; the
 trainer calls it through that adapter.
@@ -27,31 +29,16 @@ import jax.numpy as jnp
 import optax
 
 from numpyro_ebm._checks import typed_key
-from numpyro_ebm.flows import fit_flow, merge_flow
-from numpyro_ebm.samplers.adaptation import (
-    FitProgress,
-    Preconditioner,
-    ensemble_preconditioner,
-    from_latent,
-    init_fit_progress,
-    init_step_size_adaptation,
-    moved_far,
-    precondition_flow,
-    still_fitting,
-    to_latent,
-    update_fit_progress,
-    update_step_size,
-)
+from numpyro_ebm.flows import merge_flow
+from numpyro_ebm.samplers.adaptation import from_latent, precondition_flow, still_fitting, to_latent
 from numpyro_ebm.samplers.global_moves import imh_step, isir_step
 from numpyro_ebm.samplers.langevin import init_walkers, mala_step, nonfinite_to_inf
+from numpyro_ebm.samplers.warmup import FlowMCAdaptation, adapt, fit_on_buffer
 
 __all__ = [
     "FlowMCConfig",
     "FlowMCRoundInfo",
-    "FlowMCAdaptation",
-    "adapt_step_size",
     "flowmc_round",
-    "init_adaptation",
     "proposal_flow",
 ]
 
@@ -97,38 +84,6 @@ class FlowMCConfig(NamedTuple):
     fit_patience: int | None = None
 
 
-class FlowMCAdaptation(NamedTuple):
-    """What a round needs from the previous one besides the walkers' positions.
-
-    Attributes:
-        step_size: MALA step size in the preconditioned coordinates (scalar): the current
-            dual-averaging iterate, used while adapting.
-        step_size_average: The averaged iterate, used once adaptation stops.
-        step_size_adaptation: Dual-averaging state (see :mod:`~numpyro_ebm.samplers.adaptation`).
-        preconditioner: The map ``x = loc + L u`` in use.
-        window_reference: The preconditioner when the current adaptation window started.
-        window_start: Round at which the current window started.
-        flow_params: Trainable arrays of the flow.
-        opt_state: The flow optimizer's state.
-        buffer: The walkers' positions at the last rounds, ``(buffer_size, num_walkers, dim)``,
-            used to fit the flow (rows older than the window are ignored).
-        fit_progress: Smoothed global acceptance, which says when fitting stopped paying.
-        round_index: Rounds done so far (also the buffer's write cursor).
-    """
-
-    step_size: jax.Array
-    step_size_average: jax.Array
-    step_size_adaptation: tuple
-    preconditioner: Preconditioner
-    window_reference: Preconditioner
-    window_start: jax.Array
-    flow_params: Any
-    opt_state: Any
-    buffer: jax.Array
-    fit_progress: FitProgress
-    round_index: jax.Array
-
-
 class FlowMCRoundInfo(NamedTuple):
     """Per-walker diagnostics of a round.
 
@@ -139,6 +94,7 @@ class FlowMCRoundInfo(NamedTuple):
         num_nonfinite: Proposals of the round (global and local) whose potential was not finite.
         flow_loss: Loss of the last flow fit (NaN when the flow was not fitted this round);
             a scalar, not per walker.
+        step_size: The MALA step size the round used (scalar).
     """
 
     potential_energy: jax.Array
@@ -146,46 +102,7 @@ class FlowMCRoundInfo(NamedTuple):
     global_accept_prob: jax.Array
     num_nonfinite: jax.Array
     flow_loss: jax.Array
-
-
-def init_adaptation(
-    position: jax.Array,
-    flow_params: Any,
-    opt_state: Any,
-    *,
-    step_size: float,
-    buffer_size: int,
-    dense_preconditioner: bool = False,
-) -> FlowMCAdaptation:
-    """The adaptation state before the first round: preconditioner from the walkers.
-
-    Args:
-        position: Initial walker positions, ``(num_walkers, dim)``.
-        flow_params: Trainable arrays of the flow.
-        opt_state: The flow optimizer's state for ``flow_params``.
-        step_size: Initial MALA step size (in preconditioned coordinates).
-        buffer_size: Rounds of positions kept to fit the flow.
-        dense_preconditioner: Estimate a dense preconditioner.
-
-    Returns:
-        The state.
-    """
-    dtype = position.dtype
-    preconditioner = ensemble_preconditioner(position, dense=dense_preconditioner)
-    step = jnp.asarray(step_size, dtype)
-    return FlowMCAdaptation(
-        step_size=step,
-        step_size_average=step,
-        step_size_adaptation=init_step_size_adaptation(step),
-        preconditioner=preconditioner,
-        window_reference=preconditioner,
-        window_start=jnp.zeros((), jnp.int32),
-        fit_progress=init_fit_progress(dtype),
-        flow_params=flow_params,
-        opt_state=opt_state,
-        buffer=jnp.broadcast_to(position, (buffer_size, *position.shape)),
-        round_index=jnp.zeros((), jnp.int32),
-    )
+    step_size: jax.Array
 
 
 def proposal_flow(state: FlowMCAdaptation, flow_static: Any, config: FlowMCConfig):
@@ -194,31 +111,6 @@ def proposal_flow(state: FlowMCAdaptation, flow_static: Any, config: FlowMCConfi
     if config.standardise_flow:
         return precondition_flow(flow, state.preconditioner)
     return flow
-
-
-#: Robbins–Monro gain exponent for the log step size: in (1/2, 1] for convergence of the
-#: stochastic approximation; 0.6 is the value of Andrieu & Thoms (2008)'s examples.
-_STEP_SIZE_GAIN_EXPONENT = 0.6
-
-
-def adapt_step_size(step_size, mean_accept_prob, target_accept_prob, round_index):
-    """One Robbins–Monro update of the MALA step size toward a target acceptance.
-
-    Args:
-        step_size: Current step size.
-        mean_accept_prob: Mean MALA acceptance over the walkers and the round's steps.
-        target_accept_prob: Target acceptance.
-        round_index: Rounds done so far (sets the gain).
-
-    Returns:
-        The new step size.
-
-    Example:
-        >>> float(adapt_step_size(0.1, 1.0, 0.5, 0)) > 0.1
-        True
-    """
-    gain = (round_index + 1.0) ** -_STEP_SIZE_GAIN_EXPONENT
-    return step_size * jnp.exp(gain * (mean_accept_prob - target_accept_prob))
 
 
 def _global_move(rng_key, position, potential_energy, flow, potential_fn, config: FlowMCConfig):
@@ -267,70 +159,6 @@ def _local_moves(
         potential_energy,
         jnp.mean(accept_prob, axis=0),
         jnp.sum(nonfinite, axis=0, dtype=jnp.int32),
-    )
-
-
-def _fit_on_buffer(rng_key, state: FlowMCAdaptation, flow_static, config: FlowMCConfig):
-    """Fit the flow on the buffer rows written in the current window (others are masked)."""
-    buffer_size, _, dim = state.buffer.shape
-    # Row j was last written at round `round_index - age_j`.
-    age = (state.round_index - jnp.arange(buffer_size)) % buffer_size
-    written_at = state.round_index - age
-    current = (written_at >= state.window_start) & (written_at >= 0)
-    points = state.buffer
-    if config.standardise_flow:
-        points = to_latent(state.preconditioner, points)
-    points = jnp.where(current[:, None, None], points, jnp.nan).reshape(-1, dim)
-    params, opt_state, loss = fit_flow(
-        rng_key,
-        state.flow_params,
-        state.opt_state,
-        flow_static,
-        points,
-        optimizer=config.optimizer,
-        num_steps=config.num_fit_steps,
-        batch_size=config.fit_batch_size,
-    )
-    return params, opt_state, loss.astype(state.buffer.dtype)
-
-
-def _adapt(
-    state: FlowMCAdaptation, position, accept_prob, global_accept_prob, config: FlowMCConfig
-) -> FlowMCAdaptation:
-    """Record the positions, update the preconditioner, the window and the step size."""
-    preconditioner = ensemble_preconditioner(position, dense=config.dense_preconditioner)
-    restart = moved_far(preconditioner, state.window_reference)
-    step_size, step_size_average, adaptation = update_step_size(
-        state.step_size_adaptation, jnp.mean(accept_prob), config.target_accept_prob
-    )
-    if config.num_local_steps == 0:  # nothing to adapt the step size on
-        step_size, step_size_average = state.step_size, state.step_size_average
-        adaptation = state.step_size_adaptation
-    # A new window forgets the old scale's step-size statistics: restart dual averaging.
-    adaptation = jax.tree.map(
-        lambda fresh, kept: jnp.where(restart, fresh, kept),
-        init_step_size_adaptation(step_size),
-        adaptation,
-    )
-
-    def pick(new, old):
-        return jax.tree.map(lambda a, b: jnp.where(restart, a, b), new, old)
-
-    fit_progress = update_fit_progress(state.fit_progress, jnp.mean(global_accept_prob))
-    fit_progress = jax.tree.map(
-        lambda fresh, kept: jnp.where(restart, fresh, kept),
-        init_fit_progress(position.dtype),
-        fit_progress,
-    )
-    return state._replace(
-        fit_progress=fit_progress,
-        buffer=state.buffer.at[state.round_index % len(state.buffer)].set(position),
-        step_size=step_size,
-        step_size_average=step_size_average,
-        step_size_adaptation=adaptation,
-        preconditioner=preconditioner,
-        window_reference=pick(preconditioner, state.window_reference),
-        window_start=jnp.where(restart, state.round_index, state.window_start),
     )
 
 
@@ -390,7 +218,7 @@ def flowmc_round(
     )
     state = jax.lax.cond(
         adapting,
-        lambda: _adapt(state, position, accept_prob, global_accept_prob, config),
+        lambda: adapt(state, position, accept_prob, global_accept_prob, config),
         lambda: state,
     )
 
@@ -403,7 +231,7 @@ def flowmc_round(
     )
     flow_params, opt_state, flow_loss = jax.lax.cond(
         fit_now,
-        lambda: _fit_on_buffer(key_fit, state, flow_static, config),
+        lambda: fit_on_buffer(key_fit, state, flow_static, config),
         lambda: (state.flow_params, state.opt_state, jnp.full((), jnp.nan, position.dtype)),
     )
     state = state._replace(
@@ -416,5 +244,6 @@ def flowmc_round(
         # int32 whatever `jax_enable_x64` says: the kernel state holds int32 counts.
         num_nonfinite=(global_nonfinite + local_nonfinite).astype(jnp.int32),
         flow_loss=flow_loss,
+        step_size=step_size,
     )
     return position, state, info

@@ -41,7 +41,7 @@ from numpyro_ebm._checks import positive_float, positive_int, typed_key
 from numpyro_ebm.energies import TiltedEnergy, ebm_model
 from numpyro_ebm.flows import default_flow, fit_flow, flow_optimizer, merge_flow, split_flow
 from numpyro_ebm.kernel import FlowMCKernel
-from numpyro_ebm.samplers.flowmc import adapt_step_size
+from numpyro_ebm.samplers.adaptation import adapt_step_size
 from numpyro_ebm.samplers.langevin import Walkers, init_walkers, mala_step, ula_step
 
 __all__ = [

@@ -1,0 +1,168 @@
+"""The warm-up state of a flowMC run and its update after each adapting round.
+
+:class:`FlowMCAdaptation` holds everything that adapts (step size, preconditioner, window, flow
+parameters and their optimizer, the positions the flow is fitted on); :func:`adapt` updates it
+from a round's moves and :func:`fit_on_buffer` fits the flow on the current window. The pure
+estimators they use are in :mod:`~numpyro_ebm.samplers.adaptation`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from numpyro_ebm.flows import fit_flow
+from numpyro_ebm.samplers.adaptation import (
+    FitProgress,
+    Preconditioner,
+    ensemble_preconditioner,
+    init_fit_progress,
+    init_step_size_adaptation,
+    moved_far,
+    to_latent,
+    update_fit_progress,
+    update_step_size,
+)
+
+if TYPE_CHECKING:  # the round's configuration; flowmc imports this module
+    from numpyro_ebm.samplers.flowmc import FlowMCConfig
+
+__all__ = ["FlowMCAdaptation", "adapt", "fit_on_buffer", "init_adaptation"]
+
+
+class FlowMCAdaptation(NamedTuple):
+    """What a round needs from the previous one besides the walkers' positions.
+
+    Attributes:
+        step_size: MALA step size in the preconditioned coordinates (scalar): the current
+            dual-averaging iterate, used while adapting.
+        step_size_average: The averaged iterate, used once adaptation stops.
+        step_size_adaptation: Dual-averaging state (see :mod:`~numpyro_ebm.samplers.adaptation`).
+        preconditioner: The map ``x = loc + L u`` in use.
+        window_reference: The preconditioner when the current adaptation window started.
+        window_start: Round at which the current window started.
+        flow_params: Trainable arrays of the flow.
+        opt_state: The flow optimizer's state.
+        buffer: The walkers' positions at the last rounds, ``(buffer_size, num_walkers, dim)``,
+            used to fit the flow (rows older than the window are ignored).
+        fit_progress: Smoothed global acceptance, which says when fitting stopped paying.
+        round_index: Rounds done so far (also the buffer's write cursor).
+    """
+
+    step_size: jax.Array
+    step_size_average: jax.Array
+    step_size_adaptation: tuple
+    preconditioner: Preconditioner
+    window_reference: Preconditioner
+    window_start: jax.Array
+    flow_params: Any
+    opt_state: Any
+    buffer: jax.Array
+    fit_progress: FitProgress
+    round_index: jax.Array
+
+
+def init_adaptation(
+    position: jax.Array,
+    flow_params: Any,
+    opt_state: Any,
+    *,
+    step_size: float,
+    buffer_size: int,
+    dense_preconditioner: bool = False,
+) -> FlowMCAdaptation:
+    """The adaptation state before the first round: preconditioner from the walkers.
+
+    Args:
+        position: Initial walker positions, ``(num_walkers, dim)``.
+        flow_params: Trainable arrays of the flow.
+        opt_state: The flow optimizer's state for ``flow_params``.
+        step_size: Initial MALA step size (in preconditioned coordinates).
+        buffer_size: Rounds of positions kept to fit the flow.
+        dense_preconditioner: Estimate a dense preconditioner.
+
+    Returns:
+        The state.
+    """
+    dtype = position.dtype
+    preconditioner = ensemble_preconditioner(position, dense=dense_preconditioner)
+    step = jnp.asarray(step_size, dtype)
+    return FlowMCAdaptation(
+        step_size=step,
+        step_size_average=step,
+        step_size_adaptation=init_step_size_adaptation(step),
+        preconditioner=preconditioner,
+        window_reference=preconditioner,
+        window_start=jnp.zeros((), jnp.int32),
+        fit_progress=init_fit_progress(dtype),
+        flow_params=flow_params,
+        opt_state=opt_state,
+        buffer=jnp.broadcast_to(position, (buffer_size, *position.shape)),
+        round_index=jnp.zeros((), jnp.int32),
+    )
+
+
+def fit_on_buffer(rng_key, state: FlowMCAdaptation, flow_static, config: FlowMCConfig):
+    """Fit the flow on the buffer rows written in the current window (others are masked)."""
+    buffer_size, _, dim = state.buffer.shape
+    # Row j was last written at round `round_index - age_j`.
+    age = (state.round_index - jnp.arange(buffer_size)) % buffer_size
+    written_at = state.round_index - age
+    current = (written_at >= state.window_start) & (written_at >= 0)
+    points = state.buffer
+    if config.standardise_flow:
+        points = to_latent(state.preconditioner, points)
+    points = jnp.where(current[:, None, None], points, jnp.nan).reshape(-1, dim)
+    params, opt_state, loss = fit_flow(
+        rng_key,
+        state.flow_params,
+        state.opt_state,
+        flow_static,
+        points,
+        optimizer=config.optimizer,
+        num_steps=config.num_fit_steps,
+        batch_size=config.fit_batch_size,
+    )
+    return params, opt_state, loss.astype(state.buffer.dtype)
+
+
+def adapt(
+    state: FlowMCAdaptation, position, accept_prob, global_accept_prob, config: FlowMCConfig
+) -> FlowMCAdaptation:
+    """Record the positions, update the preconditioner, the window and the step size."""
+    preconditioner = ensemble_preconditioner(position, dense=config.dense_preconditioner)
+    restart = moved_far(preconditioner, state.window_reference)
+    step_size, step_size_average, adaptation = update_step_size(
+        state.step_size_adaptation, jnp.mean(accept_prob), config.target_accept_prob
+    )
+    if config.num_local_steps == 0:  # nothing to adapt the step size on
+        step_size, step_size_average = state.step_size, state.step_size_average
+        adaptation = state.step_size_adaptation
+    # A new window forgets the old scale's step-size statistics: restart dual averaging.
+    adaptation = jax.tree.map(
+        lambda fresh, kept: jnp.where(restart, fresh, kept),
+        init_step_size_adaptation(step_size),
+        adaptation,
+    )
+
+    def pick(new, old):
+        return jax.tree.map(lambda a, b: jnp.where(restart, a, b), new, old)
+
+    fit_progress = update_fit_progress(state.fit_progress, jnp.mean(global_accept_prob))
+    fit_progress = jax.tree.map(
+        lambda fresh, kept: jnp.where(restart, fresh, kept),
+        init_fit_progress(position.dtype),
+        fit_progress,
+    )
+    return state._replace(
+        fit_progress=fit_progress,
+        buffer=state.buffer.at[state.round_index % len(state.buffer)].set(position),
+        step_size=step_size,
+        step_size_average=step_size_average,
+        step_size_adaptation=adaptation,
+        preconditioner=preconditioner,
+        window_reference=pick(preconditioner, state.window_reference),
+        window_start=jnp.where(restart, state.round_index, state.window_start),
+    )
