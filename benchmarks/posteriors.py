@@ -78,10 +78,8 @@ class Run(NamedTuple):
 
 
 def run_key(seed: int) -> jax.Array:
-    """The PRNG key both samplers get."""
-    # TODO(issue 7, item 1): use jax.random.PRNGKey(seed), the raw key of NumPyro's examples,
-    # once FlowMCKernel accepts raw keys (today flowjax rejects them at the first global move).
-    return jax.random.key(seed)
+    """The PRNG key both samplers get: a raw key, as in NumPyro's examples."""
+    return jax.random.PRNGKey(seed)
 
 
 def _draws(posterior: Posterior, mcmc: MCMC, start: float) -> tuple:

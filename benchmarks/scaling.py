@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from numpyro_ebm.flows import default_flow, flow_optimizer, split_flow
-from numpyro_ebm.samplers.flowmc import FlowMCConfig, FlowMCWalkerState, flowmc_round
+from numpyro_ebm.samplers.flowmc import FlowMCConfig, flowmc_round
+from numpyro_ebm.samplers.warmup import init_adaptation
 
 BASE = {"walkers": 128, "dim": 16, "flow_layers": 4, "nn_width": 32, "particles": 32}
 REPEATS = 5
@@ -54,15 +55,12 @@ def time_round(walkers, dim, flow_layers, nn_width, particles, transformer, adap
         optimizer=optimizer,
     )
     position = jax.random.normal(jax.random.key(1), (walkers, dim))
-    state = FlowMCWalkerState(
-        position=position,
-        step_size=jnp.array(0.1),
-        flow_params=params,
-        opt_state=optimizer.init(params),
-        buffer=jnp.broadcast_to(position, (10, walkers, dim)),
-        round_index=jnp.array(0),
-    )
-    step = jax.jit(lambda key, state: flowmc_round(key, state, potential, static, config, adapting))
+    state = init_adaptation(position, params, optimizer.init(params), step_size=0.1, buffer_size=10)
+
+    def round_(key, state):
+        return flowmc_round(key, position, state, potential, static, config, adapting)
+
+    step = jax.jit(round_)
     jax.block_until_ready(step(jax.random.key(2), state))
     seconds = []
     for repeat in range(REPEATS):

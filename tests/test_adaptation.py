@@ -146,13 +146,8 @@ FAR_MEAN = np.array([1e3, 0.0, -20.0])
 FAR_SCALE = np.array([1.0, 1e-3, 1e3])
 
 
-def far_potential(z):
-    return 0.5 * jnp.sum(((z["x"] - FAR_MEAN) / FAR_SCALE) ** 2)
-
-
-def _far_run(num_walkers=64, num_warmup=400, num_samples=200):
-    start = {"x": jax.random.uniform(jax.random.key(6), (num_walkers, 3), minval=-2, maxval=2)}
-    kernel = FlowMCKernel(potential_fn=far_potential, num_particles=16)
+def _quiet_run(kernel, *args, num_warmup, num_samples, num_walkers, seed, init_params=None):
+    """An MCMC run with warnings silenced (control runs warn, by design)."""
     mcmc = MCMC(
         kernel,
         num_warmup=num_warmup,
@@ -162,8 +157,26 @@ def _far_run(num_walkers=64, num_warmup=400, num_samples=200):
         progress_bar=False,
     )
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the control run warns, by design
-        mcmc.run(jax.random.PRNGKey(7), init_params=start)
+        warnings.simplefilter("ignore")
+        mcmc.run(jax.random.PRNGKey(seed), *args, init_params=init_params)
+    return mcmc
+
+
+def far_potential(z):
+    return 0.5 * jnp.sum(((z["x"] - FAR_MEAN) / FAR_SCALE) ** 2)
+
+
+def _far_run(num_walkers=64, num_warmup=400, num_samples=200):
+    start = {"x": jax.random.uniform(jax.random.key(6), (num_walkers, 3), minval=-2, maxval=2)}
+    kernel = FlowMCKernel(potential_fn=far_potential, num_particles=16)
+    mcmc = _quiet_run(
+        kernel,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_walkers=num_walkers,
+        seed=7,
+        init_params=start,
+    )
     return np.asarray(mcmc.get_samples(group_by_chain=True)["x"], np.float64)
 
 
@@ -217,17 +230,7 @@ def regression(t, y):
 def _regression_errors(**kernel_options):
     t, y, mean, cov = _regression_data()
     kernel = FlowMCKernel(regression, num_particles=16, **kernel_options)
-    mcmc = MCMC(
-        kernel,
-        num_warmup=400,
-        num_samples=200,
-        num_chains=64,
-        chain_method="vectorized",
-        progress_bar=False,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mcmc.run(jax.random.PRNGKey(9), t, y)
+    mcmc = _quiet_run(kernel, t, y, num_warmup=400, num_samples=200, num_walkers=64, seed=9)
     samples = mcmc.get_samples()
     draws = np.stack([np.asarray(samples["a"]), np.asarray(samples["b"])], 1).astype(float)
     sd = np.sqrt(np.diag(cov))
@@ -259,17 +262,7 @@ def _shifted_two_modes(shift):
 
 def _top_right_weight(shift, **kernel_options):
     kernel = FlowMCKernel(_shifted_two_modes(shift), num_particles=16, **kernel_options)
-    mcmc = MCMC(
-        kernel,
-        num_warmup=300,
-        num_samples=200,
-        num_chains=64,
-        chain_method="vectorized",
-        progress_bar=False,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mcmc.run(jax.random.PRNGKey(10))
+    mcmc = _quiet_run(kernel, num_warmup=300, num_samples=200, num_walkers=64, seed=10)
     x = np.asarray(mcmc.get_samples(group_by_chain=True)["x"]) - np.asarray(shift)
     return (x[..., 0] + x[..., 1] > 0).astype(float)
 

@@ -26,6 +26,7 @@ from _targets import (
     mixture_flowmc_run,
     two_sided_z,
 )
+from _trees import leaves_equal
 from flowjax.distributions import AbstractDistribution, Normal
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 from numpyro.infer import MCMC
@@ -94,18 +95,6 @@ def _count_sample_calls(kernel):
 
     kernel.sample = counted
     return calls
-
-
-def _leaves_equal(a, b):
-    """Same pytree values (NaN equals NaN, e.g. `flow_loss` while sampling; keys by data)."""
-
-    def values(leaf):
-        if jnp.issubdtype(jnp.result_type(leaf), jax.dtypes.prng_key):
-            leaf = jax.random.key_data(leaf)
-        return np.asarray(leaf)
-
-    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-    return all(np.array_equal(values(x), values(y), equal_nan=True) for x, y in pairs)
 
 
 def _mcse_z(draws, truth):
@@ -352,7 +341,7 @@ def test_post_warmup_state_carries_the_fitted_flow_and_step_size(warm):
     assert set(np.asarray(pw.i)) == {NUM_WARMUP}
     assert set(np.asarray(last.i)) == {NUM_WARMUP + NUM_SAMPLES}
     # Warm-up fitted the flow and adapted the step size and the preconditioner ...
-    assert not _leaves_equal(pw.adaptation.flow_params, warm.initial_flow_params)
+    assert not leaves_equal(pw.adaptation.flow_params, warm.initial_flow_params)
     assert float(pw.step_size[0]) != pytest.approx(0.1)
     # The walkers' moments: unconstrained (log s, x) have means (0, GAUSS_MEAN) and
     # standard deviations (LOGNORMAL_SCALE, sqrt(diag GAUSS_COV)); loose bands, 32 walkers.
@@ -361,7 +350,7 @@ def test_post_warmup_state_carries_the_fitted_flow_and_step_size(warm):
     expected_scale = [LOGNORMAL_SCALE, *np.sqrt(np.diag(GAUSS_COV))]
     np.testing.assert_allclose(scale, expected_scale, rtol=0.5)
     # ... and sampling froze them, with dual averaging's averaged step size.
-    assert _leaves_equal(
+    assert leaves_equal(
         last.adaptation._replace(round_index=0), pw.adaptation._replace(round_index=0)
     )
     assert set(np.asarray(last.step_size)) == {float(pw.adaptation.step_size_average)}
@@ -384,11 +373,11 @@ def test_continuation_from_last_state_is_reproducible_and_not_retraced(warm):
         mcmc.run(warm.last_state.rng_key)
         draws.append(mcmc.get_samples(group_by_chain=True))
         assert int(mcmc.last_state.i[0]) == NUM_WARMUP + 2 * NUM_SAMPLES
-        assert _leaves_equal(
+        assert leaves_equal(
             mcmc.last_state.adaptation.flow_params, warm.post_warmup_state.adaptation.flow_params
         )
     # Same key, same result; no new trace of the kernel on the later runs.
-    assert _leaves_equal(draws[0], draws[1])
+    assert leaves_equal(draws[0], draws[1])
     assert not np.array_equal(draws[0]["x"], warm.samples["x"])
     assert warm.calls[0] == calls_before
 
@@ -398,7 +387,7 @@ def test_prefitted_flow_is_reused_and_kept_when_fitting_is_off(warm):
     kernel = FlowMCKernel(gauss_model, flow=flow, fit_flow=False, **FAST)
     mcmc = _mcmc(kernel, num_warmup=20, num_samples=20)
     mcmc.run(jax.random.key(2))
-    assert _leaves_equal(
+    assert leaves_equal(
         mcmc.last_state.adaptation.flow_params, warm.post_warmup_state.adaptation.flow_params
     )
     # The fitted proposal is good from the first iteration: i-SIR moves most walkers.
@@ -471,7 +460,7 @@ def test_other_global_moves_run(global_move):
     if global_move == "none":
         assert float(jnp.max(global_accept)) == 0.0
         # No global move, nothing to fit the flow for.
-        assert _leaves_equal(mcmc.last_state.adaptation.flow_params, split_flow(flow)[0])
+        assert leaves_equal(mcmc.last_state.adaptation.flow_params, split_flow(flow)[0])
     else:
         assert float(jnp.mean(global_accept)) > 0.0
 
@@ -589,16 +578,14 @@ def test_mcmc_pickles_after_a_run_and_continues():
     mcmc = mixture_flowmc_run().mcmc
     last_state = mcmc.last_state
     loaded = pickle.loads(pickle.dumps(mcmc))
-    assert _leaves_equal(loaded.last_state, last_state)
+    assert leaves_equal(loaded.last_state, last_state)
     loaded.num_samples = 10
     loaded.post_warmup_state = loaded.last_state
     loaded.run(loaded.last_state.rng_key)
     draws = loaded.get_samples(group_by_chain=True)["x"]
     assert draws.shape == (mcmc.num_chains, 10, 2)
     assert int(loaded.last_state.i[0]) == int(last_state.i[0]) + 10
-    assert _leaves_equal(
-        loaded.last_state.adaptation.flow_params, last_state.adaptation.flow_params
-    )
+    assert leaves_equal(loaded.last_state.adaptation.flow_params, last_state.adaptation.flow_params)
     assert isinstance(loaded.sampler.get_flow(loaded.last_state), AbstractDistribution)
 
 

@@ -9,10 +9,10 @@ Settings are the cheapest that reach the code path (compilation dominates on 2 C
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
+from _trees import leaves_equal
 from flowjax.distributions import Normal
 from numpyro.infer import MCMC
 
@@ -29,18 +29,6 @@ def _potential(x):
     return 0.5 * x @ x
 
 
-def _same(a, b):
-    """Same pytree values; typed keys compare by their data."""
-
-    def values(leaf):
-        if jnp.issubdtype(jnp.result_type(leaf), jax.dtypes.prng_key):
-            leaf = jax.random.key_data(leaf)
-        return np.asarray(leaf)
-
-    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-    return all(np.array_equal(values(x), values(y), equal_nan=True) for x, y in pairs)
-
-
 def _both_kinds(fn, seed=0):
     """``fn(key)`` for a typed and a raw key with the same data."""
     return fn(KEY_KINDS["typed"](seed)), fn(KEY_KINDS["raw"](seed))
@@ -54,9 +42,9 @@ def test_typed_key_converts_raw_keys_and_keeps_typed_ones():
     assert typed_key(typed) is typed
     converted = typed_key(jax.random.PRNGKey(3))
     assert jnp.issubdtype(converted.dtype, jax.dtypes.prng_key) and converted.shape == ()
-    assert _same(converted, typed)
+    assert leaves_equal(converted, typed)
     # Traced keys too (the samplers convert inside jit and scan).
-    assert _same(jax.jit(typed_key)(jax.random.PRNGKey(3)), typed)
+    assert leaves_equal(jax.jit(typed_key)(jax.random.PRNGKey(3)), typed)
 
 
 @pytest.mark.parametrize(
@@ -82,7 +70,7 @@ def test_local_moves_accept_both_key_kinds():
     walkers = init_walkers(jnp.ones((4, 2)), _potential)
     for step in (mala_step, ula_step):
         typed, raw = _both_kinds(lambda key, step=step: step(key, walkers, _potential, 0.1))
-        assert _same(typed, raw), step.__name__
+        assert leaves_equal(typed, raw), step.__name__
 
 
 def test_global_moves_accept_both_key_kinds():
@@ -95,14 +83,14 @@ def test_global_moves_accept_both_key_kinds():
             key, position, energy, flow, _potential, num_particles=4, chunk_size=2
         )
     )
-    assert _same(typed, raw)
+    assert leaves_equal(typed, raw)
     typed, raw = _both_kinds(lambda key: imh_step(key, position, energy, flow, _potential))
-    assert _same(typed, raw)
+    assert leaves_equal(typed, raw)
 
 
 def test_flows_accept_both_key_kinds():
     typed_flow, raw_flow = _both_kinds(lambda key: default_flow(key, 2))
-    assert _same(split_flow(typed_flow)[0], split_flow(raw_flow)[0])
+    assert leaves_equal(split_flow(typed_flow)[0], split_flow(raw_flow)[0])
     params, static = split_flow(typed_flow)
     optimizer = flow_optimizer(1e-2)
     points = jax.random.normal(jax.random.key(1), (32, 2))
@@ -118,16 +106,16 @@ def test_flows_accept_both_key_kinds():
             batch_size=8,
         )
     )
-    assert _same(typed, raw)
+    assert leaves_equal(typed, raw)
 
 
 def test_datasets_and_energies_accept_both_key_kinds():
     for name in list_datasets():
         dataset = get_dataset(name)
         typed, raw = _both_kinds(lambda key, dataset=dataset: dataset.sample(key, 5))
-        assert _same(typed, raw), name
+        assert leaves_equal(typed, raw), name
     typed, raw = _both_kinds(lambda key: MLPEnergy(2, width=4, depth=1, key=key))
-    assert _same(eqx.filter(typed, eqx.is_array), eqx.filter(raw, eqx.is_array))
+    assert leaves_equal(eqx.filter(typed, eqx.is_array), eqx.filter(raw, eqx.is_array))
 
 
 # -- The kernel under NumPyro's MCMC ---------------------------------------------------------
@@ -175,8 +163,8 @@ def mcmc_runs():
 def test_mcmc_runs_with_a_raw_key_and_draws_as_with_a_typed_one(mcmc_runs):
     # Regression: `MCMC(FlowMCKernel(model), ...).run(jax.random.PRNGKey(0))` crashed at the
     # first global move.
-    assert _same(mcmc_runs["typed"][1], mcmc_runs["raw"][1])
-    assert _same(mcmc_runs["typed"][3], mcmc_runs["raw"][3])
+    assert leaves_equal(mcmc_runs["typed"][1], mcmc_runs["raw"][1])
+    assert leaves_equal(mcmc_runs["typed"][3], mcmc_runs["raw"][3])
 
 
 def test_kernel_state_holds_the_same_key_data_for_either_kind(mcmc_runs):
@@ -185,7 +173,7 @@ def test_kernel_state_holds_the_same_key_data_for_either_kind(mcmc_runs):
     for index in (0, 2):  # after the warm-up, and after a continuation with the other kind
         typed, raw = mcmc_runs["typed"][index], mcmc_runs["raw"][index]
         assert len(typed) == len(raw) == 4
-        assert _same(typed, raw)
+        assert leaves_equal(typed, raw)
         typed_key(typed[0])  # a valid single key
 
 
@@ -208,7 +196,7 @@ def test_negative_samplers_accept_both_key_kinds(name):
     typed, raw = _both_kinds(
         lambda key: sampler.positions(step(sampler.init(key, positions, params), params)[0])
     )
-    assert _same(typed, raw)
+    assert leaves_equal(typed, raw)
 
 
 def test_trainer_state_with_a_raw_key_trains_as_with_a_typed_one():
@@ -228,7 +216,7 @@ def test_trainer_state_with_a_raw_key_trains_as_with_a_typed_one():
     raw_state = state._replace(rng_key=jax.random.key_data(state.rng_key))
     typed = trainer.fit(state, progress_bar=False).state
     raw = trainer.fit(raw_state, progress_bar=False).state
-    assert _same(typed.energy_params, raw.energy_params)
+    assert leaves_equal(typed.energy_params, raw.energy_params)
     assert not jnp.issubdtype(raw.rng_key.dtype, jax.dtypes.prng_key)
 
 
@@ -247,6 +235,6 @@ def test_sample_energy_accepts_both_key_kinds():
             num_local_steps=1,
         ).get_samples()
     )
-    assert _same(typed, raw)
+    assert leaves_equal(typed, raw)
     with pytest.raises(TypeError, match="got int 0"):
         sample_energy(0, lambda x: jnp.sum(x**2), 2, 1.0, num_samples=3)

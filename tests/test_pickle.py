@@ -15,6 +15,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
+from _trees import leaves_equal
 from flowjax.distributions import AbstractDistribution, Normal, StandardNormal
 from flowjax.flows import coupling_flow
 from numpyro.infer import MCMC
@@ -48,18 +49,6 @@ def _progress_bar_allowed():
         patch.delenv("CI", raising=False)
         patch.delenv("PYTEST_XDIST_WORKER", raising=False)
         yield
-
-
-def _leaves_equal(a, b):
-    """Same pytree values (NaN equals NaN; typed keys by their data)."""
-
-    def values(leaf):
-        if jnp.issubdtype(jnp.result_type(leaf), jax.dtypes.prng_key):
-            leaf = jax.random.key_data(leaf)
-        return np.asarray(leaf)
-
-    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-    return all(np.array_equal(values(x), values(y), equal_nan=True) for x, y in pairs)
 
 
 def _mcmc(kernel):
@@ -130,8 +119,8 @@ def test_unpickled_mcmc_continues_exactly_as_the_original(config, fitted_flow):
         _pickled_and_original_continuations(mcmc)
     )
     assert loaded_draws["x"].shape == (NUM_WALKERS, 5, 2)
-    assert _leaves_equal(loaded_draws, draws)
-    assert _leaves_equal(loaded_last_state, last_state)
+    assert leaves_equal(loaded_draws, draws)
+    assert leaves_equal(loaded_last_state, last_state)
     flow = loaded.sampler.get_flow(loaded_last_state)
     point = jnp.array([0.5, 1.5])
     assert float(flow.log_prob(point)) == float(kernel.get_flow(last_state).log_prob(point))
@@ -154,7 +143,7 @@ def test_sample_energy_mcmc_pickles_with_a_trained_flow():
         **CHEAP,
     )
     (draws, _), (loaded_draws, _), _ = _pickled_and_original_continuations(mcmc)
-    assert _leaves_equal(loaded_draws, draws)
+    assert leaves_equal(loaded_draws, draws)
 
 
 def test_kernel_with_a_user_flow_pickles_before_init():
