@@ -25,7 +25,8 @@ def print_detail(row: dict) -> None:
         print(
             f"  {name:<12} max|Δ|/sd {_number(row[f'{label}_error'], 3)} at "
             f"{row[f'{label}_worst']}{weight_text}, R̂ {_number(row[f'{label}_rhat'], 3)}, "
-            f"{row[f'{label}_seconds']:.1f} s; {row[f'{label}_notes']}",
+            f"{row[f'{label}_seconds']:.1f} s, min ESS/s {row[f'{label}_ess_per_second']:.1f}; "
+            f"{row[f'{label}_notes']}",
             flush=True,
         )
 
@@ -40,9 +41,9 @@ def markdown_table(rows: list[dict]) -> str:
     columns = [
         "posterior", "params", "reference", "FlowMC max \\|Δ\\|/sd", "NUTS max \\|Δ\\|/sd",
         "FlowMC \\|w−2/3\\|", "NUTS \\|w−2/3\\|", "FlowMC R̂", "NUTS R̂", "FlowMC s", "NUTS s",
-        "FlowMC/NUTS", "within 0.1 sd", "≤ 1.5× time",
+        "FlowMC/NUTS", "FlowMC min ESS/s", "NUTS min ESS/s", "within 0.1 sd", "≤ 1.5× time",
     ]  # fmt: skip
-    alignment = ["---", "---:", "---", *["---:"] * 9, ":---:", ":---:"]
+    alignment = ["---", "---:", "---", *["---:"] * 11, ":---:", ":---:"]
     header = f"| {' | '.join(columns)} |\n|{'|'.join(alignment)}|"
     lines = [header]
     for row in rows:
@@ -53,6 +54,7 @@ def markdown_table(rows: list[dict]) -> str:
             f"| {_number(row['nuts_weight_error'], 3)} | {_number(row['flowmc_rhat'], 3)} "
             f"| {_number(row['nuts_rhat'], 3)} | {row['flowmc_seconds']:.1f} "
             f"| {row['nuts_seconds']:.1f} | {row['ratio']:.2f} "
+            f"| {row['flowmc_ess_per_second']:.0f} | {row['nuts_ess_per_second']:.0f} "
             f"| {'yes' if row['accurate'] else 'no'} | {'yes' if row['fast'] else 'no'} |"
         )
     return "\n".join(lines)

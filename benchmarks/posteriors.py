@@ -173,6 +173,12 @@ def max_rhat(draws: np.ndarray) -> float:
     return float(np.max(rhat))
 
 
+def min_ess(draws: np.ndarray) -> float:
+    """Smallest bulk ESS (ArviZ, rank-normalised) over parameters; draws (chains, draws, p)."""
+    ess = arviz.ess(draws, method="bulk", chain_axis=0, draw_axis=1)
+    return float(np.min(ess))
+
+
 def reference_for(
     posterior: Posterior, key: jax.Array, args: argparse.Namespace, cache: dict
 ) -> Reference:
@@ -237,6 +243,7 @@ def evaluate(posterior: Posterior, key: jax.Array, args: argparse.Namespace, cac
         row[f"{label}_weight_error"] = abs(run.weight - 2 / 3)
         row[f"{label}_rhat"] = max_rhat(run.draws)
         row[f"{label}_seconds"] = run.seconds
+        row[f"{label}_ess_per_second"] = min_ess(run.draws) / run.seconds
         row[f"{label}_notes"] = run.notes
     row["ratio"] = flowmc.seconds / nuts.seconds
     weight_ok = posterior.mode_indicator is None or row["flowmc_weight_error"] <= GOAL_WEIGHT_ERROR

@@ -140,22 +140,15 @@ def adapt(
     if config.num_local_steps == 0:  # nothing to adapt the step size on
         step_size, step_size_average = state.step_size, state.step_size_average
         adaptation = state.step_size_adaptation
-    # A new window forgets the old scale's step-size statistics: restart dual averaging.
-    adaptation = jax.tree.map(
-        lambda fresh, kept: jnp.where(restart, fresh, kept),
-        init_step_size_adaptation(step_size),
-        adaptation,
-    )
-
-    def pick(new, old):
-        return jax.tree.map(lambda a, b: jnp.where(restart, a, b), new, old)
-
     fit_progress = update_fit_progress(state.fit_progress, jnp.mean(global_accept_prob))
-    fit_progress = jax.tree.map(
-        lambda fresh, kept: jnp.where(restart, fresh, kept),
-        init_fit_progress(position.dtype),
-        fit_progress,
-    )
+
+    def unless_restart(kept, fresh):
+        return jax.tree.map(lambda a, b: jnp.where(restart, b, a), kept, fresh)
+
+    # A new window forgets what was learned at the old location and scale: dual averaging and
+    # the fitting plateau start again, and the window's reference is the new preconditioner.
+    adaptation = unless_restart(adaptation, init_step_size_adaptation(step_size))
+    fit_progress = unless_restart(fit_progress, init_fit_progress(position.dtype))
     return state._replace(
         fit_progress=fit_progress,
         buffer=state.buffer.at[state.round_index % len(state.buffer)].set(position),
@@ -163,6 +156,6 @@ def adapt(
         step_size_average=step_size_average,
         step_size_adaptation=adaptation,
         preconditioner=preconditioner,
-        window_reference=pick(preconditioner, state.window_reference),
+        window_reference=unless_restart(state.window_reference, preconditioner),
         window_start=jnp.where(restart, state.round_index, state.window_start),
     )
