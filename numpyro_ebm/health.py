@@ -40,10 +40,12 @@ __all__ = [
 #: Below this mean global acceptance the flow counts as useless: fewer than one walker in a
 #: hundred moves globally per iteration.
 MIN_GLOBAL_ACCEPT_PROB = 0.01
-#: Below this the MALA step size (in coordinates standardised by the walkers' spread, where a
-#: working step is of order 0.1–1) has collapsed: a walker moves ~1e-2 standard deviations
-#: per step at most.
-MIN_STEP_SIZE = 1e-4
+#: Below this the MALA step size (in coordinates standardised by the walkers' spread) has
+#: collapsed: a walker moves ~5e-4 standard deviations per step, 2000 steps to cross one. Not
+#: higher: with well-separated narrow modes the walkers' spread is the modes' separation, and
+#: a healthy step in those coordinates is (width / separation)², 1e-4 for modes 100 widths
+#: apart.
+MIN_STEP_SIZE = 1e-7
 #: Vehtari et al. (2021)'s threshold for R̂.
 MAX_RHAT = 1.01
 #: Fewest draws per walker for an R̂ (split R̂ halves each chain).
