@@ -51,6 +51,7 @@ from jax.scipy.special import ndtr
 from numpyro.infer import MCMC, NUTS, Predictive
 
 from numpyro_ebm import FlowMCKernel
+from numpyro_ebm.health import check_run
 
 FAST = os.environ.get("NUMPYRO_EBM_FAST", "0") == "1"
 
@@ -245,10 +246,11 @@ print(f"pooled estimate of P(theta > 0): {(nuts_theta > 0).mean():.3f} (exact {w
 # ## FlowMCKernel
 #
 # {class}`~numpyro_ebm.kernel.FlowMCKernel` runs many walkers (NumPyro's chains, updated
-# together with `chain_method="vectorized"`) that share a normalizing flow. Walkers start from
-# NumPyro's default initialisation, so some start on each side. During warm-up the flow is
-# fitted to where the walkers are, and each iteration makes one global move with the flow
-# (i-SIR) and a few MALA steps; after warm-up the flow and the step size are frozen.
+# together with `chain_method="vectorized"`) that share a normalizing flow. Each walker starts
+# at its own prior draw, so walkers start on both sides. During warm-up the walkers' mean and
+# spread standardise the MALA moves and the flow, the flow is fitted to where the walkers are,
+# and each iteration makes one global move with the flow (i-SIR) and a few MALA steps; after
+# warm-up the flow, the standardisation and the step size are frozen.
 
 # %%
 kernel = FlowMCKernel(model, num_particles=32, num_local_steps=5)
@@ -261,7 +263,7 @@ flow_mcmc = MCMC(
     progress_bar=False,
 )
 start = time.perf_counter()
-flow_mcmc.run(jax.random.key(2), y_obs, z_obs)
+flow_mcmc.run(jax.random.PRNGKey(2), y_obs, z_obs)
 flow_seconds = time.perf_counter() - start
 flow_theta = np.asarray(flow_mcmc.get_samples(group_by_chain=True)["theta"])
 flow_stats = flow_mcmc.get_extra_fields(group_by_chain=True)
@@ -285,6 +287,16 @@ print(az.summary(nuts_tree))
 print("\nFlowMCKernel")
 print(az.summary(flow_tree))
 print("\nexact posterior mean of theta:", round(exact["E[theta]"], 3))
+
+# %% [markdown]
+# **Health checks.** NUTS reports divergences; FlowMCKernel warns at the end of warm-up if the
+# flow proposes nothing useful, the step size collapsed or the walkers have not mixed, and
+# {func}`~numpyro_ebm.health.check_run` runs the same checks on the kept draws.
+
+# %%
+health = check_run(flow_mcmc)
+print(f"global acceptance {health.global_accept_prob:.3f}, step size {health.step_size:.3g}")
+print(f"R-hat with each walker as a chain: {health.max_rhat:.4f}; problems: {health.problems}")
 
 # %% [markdown]
 # **Trace plots.** NUTS's chains (one colour each) sit in one mode each; the marginal density
@@ -505,6 +517,7 @@ assert flow_result["MCSE"] < 0.02, flow_result
 assert flow_error < 4 * flow_result["MCSE"] and flow_error < 0.05, (flow_error, flow_result)
 assert flow_result["R-hat(theta)"] < 1.05, flow_result
 assert flow_result["global acceptance"] > 0.3, flow_result
+assert health.problems == (), health.problems
 assert abs(np.mean(flow_theta * 1.0) - exact["E[theta]"]) < 0.1, np.mean(flow_theta)
 
 # NUTS: each chain stays in its starting mode, so the weight is set by the starts.

@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 from flowjax.distributions import AbstractDistribution
@@ -288,9 +287,10 @@ class FlowMCKernel(MCMCKernel):
         self._sample_fn = flowmc_round
 
         # One compiled function: run eagerly, the few dozen small ops of the initial state
-        # each compile on their own, which took seconds on 2 CPU cores.
-        return eqx.filter_jit(self._initial_state)(
-            flat_position, init_params, flow_params, key_state, model_args, model_kwargs
+        # each compile on their own, which took seconds on 2 CPU cores. The model's arguments
+        # stay constants, as in NumPyro's own loop: models may apply NumPy to their data.
+        return jax.jit(lambda *arrays: self._initial_state(*arrays, model_args, model_kwargs))(
+            flat_position, init_params, flow_params, key_state
         )
 
     def _initial_state(

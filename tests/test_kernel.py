@@ -598,3 +598,17 @@ def test_get_flow_names_the_state_it_needs():
     # `mcmc.post_warmup_state` is None unless `mcmc.warmup` ran: say what to pass instead.
     with pytest.raises(TypeError, match=r"mcmc\.last_state"):
         kernel.get_flow(None)
+
+
+def numpy_data_model(t, y):
+    # NumPy applied to the data, as ports of Stan models do: the data must stay concrete.
+    design = np.stack([np.ones_like(t), np.asarray(t)], axis=1)
+    weights = numpyro.sample("w", dist.Normal(0.0, 10.0).expand([2]))
+    numpyro.sample("y", dist.Normal(jnp.asarray(design) @ weights, 1.0), obs=y)
+
+
+def test_model_applying_numpy_to_its_data_runs():
+    t = np.linspace(-1.0, 1.0, 8)
+    mcmc = _mcmc(FlowMCKernel(numpy_data_model, **FAST), num_warmup=20, num_samples=20)
+    mcmc.run(jax.random.PRNGKey(12), t, 2.0 * t)
+    assert mcmc.get_samples()["w"].shape == (NUM_WALKERS * 20, 2)
