@@ -296,7 +296,7 @@ print("\nexact posterior mean of theta:", round(exact["E[theta]"], 3))
 # %%
 health = check_run(flow_mcmc)
 print(f"global acceptance {health.global_accept_prob:.3f}, step size {health.step_size:.3g}")
-print(f"R-hat with each walker as a chain: {health.max_rhat:.4f}; problems: {health.problems}")
+print(f"R-hat across groups of 16 walkers: {health.max_rhat:.4f}; problems: {health.problems}")
 
 # %% [markdown]
 # **Trace plots.** NUTS's chains (one colour each) sit in one mode each; the marginal density

@@ -5,8 +5,8 @@ Three things go wrong silently with a flow-assisted sampler, and each has a reme
 - **the flow proposes nothing useful** (mean global acceptance near 0): the flow has not
   learned the target, so modes are not exchanging walkers;
 - **the MALA step size collapsed**: local moves are frozen (a rough or badly scaled potential);
-- **the walkers have not mixed**: the rank-normalised split R̂ computed with each walker as a
-  chain (Vehtari et al. 2021) exceeds 1.01, so walkers still remember where they started.
+- **the walkers have not mixed**: the rank-normalised split R̂ (Vehtari et al. 2021) with
+  groups of 16 walkers as chains exceeds 1.01, so walkers still remember where they started.
 
 :class:`~numpyro_ebm.FlowMCKernel` runs :func:`find_problems` on its last warm-up window when
 warm-up ends and warns once; :func:`check_run` runs the same checks on a finished ``MCMC``'s
@@ -32,7 +32,7 @@ __all__ = [
     "RunHealth",
     "check_run",
     "find_problems",
-    "walker_rhat",
+    "ensemble_rhat",
     "warn_after_warmup",
     "warn_problems",
 ]
@@ -48,6 +48,9 @@ MIN_GLOBAL_ACCEPT_PROB = 0.01
 MIN_STEP_SIZE = 1e-7
 #: Vehtari et al. (2021)'s threshold for R̂.
 MAX_RHAT = 1.01
+#: Walkers per chain of the ensemble R̂ (see :func:`ensemble_rhat`): 16 keeps a healthy
+#: 50-round window well under 1.01 and puts walkers stuck between two modes near 1.03.
+WALKERS_PER_GROUP = 16
 #: Fewest draws per walker for an R̂ (split R̂ halves each chain).
 _MIN_DRAWS = 8
 
@@ -58,7 +61,8 @@ class RunHealth(NamedTuple):
     Attributes:
         global_accept_prob: Mean acceptance of the global moves (NaN without them).
         step_size: MALA step size of the kept draws (in standardised coordinates).
-        max_rhat: Largest R̂ over coordinates, each walker a chain (NaN if too few draws).
+        max_rhat: Largest R̂ over coordinates, groups of walkers as chains (NaN if too few
+            draws).
         problems: One message per problem, each naming its cause and a remedy; empty when the
             run looks healthy.
     """
@@ -69,19 +73,43 @@ class RunHealth(NamedTuple):
     problems: tuple[str, ...]
 
 
-def walker_rhat(draws: Any) -> float:
-    """Largest rank-normalised split R̂ over coordinates with each walker as a chain.
+def ensemble_rhat(draws: Any, group_size: int = WALKERS_PER_GROUP) -> float:
+    """Largest rank-normalised split R̂ over coordinates, with groups of walkers as chains.
+
+    Walkers ``0 .. m-1`` form the first chain, ``m .. 2m-1`` the second, and so on; a chain's
+    draws are its walkers' positions in time order, so the split halves compare the first and
+    the second half of the run. Walkers stuck where they started keep their group's
+    composition fixed, so the groups disagree (R̂² − 1 ≈ 1/m between two modes) however long
+    the run; mixing walkers make the groups agree to within ``τ / (T m)`` for ``T`` draws of
+    autocorrelation time ``τ``. One walker per chain would make that noise ``τ / T``, which
+    passes 1.01 in a 50-round warm-up window of a healthy multimodal run.
 
     Args:
         draws: Shape ``(num_walkers, num_draws, dim)``.
+        group_size: Walkers per chain ``m``; fewer when there are under two full groups.
 
     Returns:
-        The largest R̂, or NaN with fewer than 8 draws per walker or non-finite draws.
+        The largest R̂, or NaN with fewer than 8 draws per walker, fewer than 2 walkers or
+        non-finite draws.
+
+    Example:
+        >>> import numpy as np
+        >>> stuck = np.repeat(np.random.default_rng(0).choice([-5.0, 5.0], 128)[:, None], 50, 1)
+        >>> noise = np.random.default_rng(1).normal(size=(128, 50))
+        >>> ensemble_rhat((stuck + noise)[..., None]) > 1.01
+        True
+        >>> ensemble_rhat(np.random.default_rng(2).normal(size=(128, 50, 1))) < 1.01
+        True
     """
     draws = np.asarray(draws, np.float64)
-    if draws.shape[1] < _MIN_DRAWS or not np.all(np.isfinite(draws)):
+    num_walkers, num_draws, dim = draws.shape
+    if num_draws < _MIN_DRAWS or num_walkers < 2 or not np.all(np.isfinite(draws)):
         return float("nan")
-    return mixing_diagnostics(draws)["max_rhat"]
+    group_size = min(group_size, num_walkers // 2)
+    num_groups = num_walkers // group_size
+    grouped = draws[: num_groups * group_size].reshape(num_groups, group_size, num_draws, dim)
+    chains = grouped.transpose(0, 2, 1, 3).reshape(num_groups, num_draws * group_size, dim)
+    return mixing_diagnostics(chains)["max_rhat"]
 
 
 def find_problems(
@@ -92,7 +120,7 @@ def find_problems(
     Args:
         global_accept_prob: Mean global acceptance.
         step_size: MALA step size (standardised coordinates); NaN skips the check.
-        max_rhat: Largest R̂ with walkers as chains; NaN skips the check.
+        max_rhat: Largest ensemble R̂ (see :func:`ensemble_rhat`); NaN skips the check.
         uses_flow: Whether the run made global moves.
 
     Returns:
@@ -120,7 +148,7 @@ def find_problems(
         )
     if max_rhat > MAX_RHAT:
         problems.append(
-            f"walkers have not mixed: R̂ across walkers {max_rhat:.3f} > {MAX_RHAT}. Run a "
+            f"walkers have not mixed: R̂ across walker groups {max_rhat:.3f} > {MAX_RHAT}. Run a "
             "longer warm-up and more draws, or check the global acceptance."
         )
     return tuple(problems)
@@ -144,7 +172,7 @@ def warn_after_warmup(
     """From traced code: at the end of warm-up, run :func:`find_problems` on the host.
 
     The walkers' positions over the last window (at most the buffer's length) give R̂ with
-    each walker as a chain; the step size is the averaged one sampling will use.
+    groups of walkers as chains; the step size is the averaged one sampling will use.
 
     Args:
         adaptation: The :class:`~numpyro_ebm.samplers.FlowMCAdaptation` after a round.
@@ -159,7 +187,7 @@ def warn_after_warmup(
 
     def on_host(history, num_rows, global_accept_prob, step_size):
         history = np.asarray(history)[len(history) - int(num_rows) :]
-        max_rhat = walker_rhat(np.swapaxes(history, 0, 1))
+        max_rhat = ensemble_rhat(np.swapaxes(history, 0, 1))
         problems = find_problems(
             float(global_accept_prob), float(step_size), max_rhat, uses_flow=uses_flow
         )
@@ -216,7 +244,7 @@ def check_run(mcmc: Any) -> RunHealth:
     extra = mcmc.get_extra_fields(group_by_chain=True)
     global_accept_prob = float(np.mean(extra["global_accept_prob"]))
     step_size = float(np.asarray(state.step_size)[0])
-    max_rhat = walker_rhat(draws)
+    max_rhat = ensemble_rhat(draws)
     problems = find_problems(
         global_accept_prob, step_size, max_rhat, uses_flow=mcmc.sampler.global_move != "none"
     )
