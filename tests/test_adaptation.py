@@ -358,3 +358,23 @@ def test_a_collapsed_step_size_is_reported():
     mcmc, messages = _run(rough, num_particles=4)
     assert len(messages) == 1 and "step size" in messages[0]
     assert any("step size" in problem for problem in check_run(mcmc).problems)
+
+
+@pytest.mark.parametrize("patience", [None, 10])
+def test_fitting_stops_at_a_plateau_only_with_patience(patience):
+    # A standard normal: the flow is good within a few rounds, the acceptance plateaus.
+    kernel = FlowMCKernel(_standard_normal, num_particles=8, fit_patience=patience)
+    mcmc = MCMC(
+        kernel,
+        num_warmup=150,
+        num_samples=1,
+        num_chains=16,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    mcmc.warmup(jax.random.PRNGKey(13), collect_warmup=True, extra_fields=("flow_loss",))
+    flow_loss = mcmc.get_extra_fields(group_by_chain=True)["flow_loss"]
+    fitted = np.isfinite(np.asarray(flow_loss)[0])  # NaN where the round did not fit
+    assert fitted[:10].all()  # fitting at the start either way
+    assert fitted[-20:].all() == (patience is None)
+    assert (~fitted[-20:]).all() == (patience is not None)
