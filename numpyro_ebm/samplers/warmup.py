@@ -29,7 +29,7 @@ from numpyro_ebm.samplers.adaptation import (
 if TYPE_CHECKING:  # the round's configuration; flowmc imports this module
     from numpyro_ebm.samplers.flowmc import FlowMCConfig
 
-__all__ = ["FlowMCAdaptation", "adapt", "fit_on_buffer", "init_adaptation", "window_positions"]
+__all__ = ["FlowMCAdaptation", "adapt", "fit_on_buffer", "init_adaptation"]
 
 
 class FlowMCAdaptation(NamedTuple):
@@ -104,25 +104,17 @@ def init_adaptation(
     )
 
 
-def window_positions(state: FlowMCAdaptation) -> jax.Array:
-    """The buffer's positions of the current window, shape ``(rows * walkers, dim)``.
-
-    Rows written before the window started (or never written) are NaN, which the estimators
-    and the flow fit ignore.
-    """
+def fit_on_buffer(rng_key, state: FlowMCAdaptation, flow_static, config: FlowMCConfig):
+    """Fit the flow on the buffer rows written in the current window (others are masked)."""
     buffer_size, _, dim = state.buffer.shape
     # Row j was last written at round `round_index - age_j`.
     age = (state.round_index - jnp.arange(buffer_size)) % buffer_size
     written_at = state.round_index - age
     current = (written_at >= state.window_start) & (written_at >= 0)
-    return jnp.where(current[:, None, None], state.buffer, jnp.nan).reshape(-1, dim)
-
-
-def fit_on_buffer(rng_key, state: FlowMCAdaptation, flow_static, config: FlowMCConfig):
-    """Fit the flow on the buffer rows written in the current window (others are masked)."""
-    points = window_positions(state)
+    points = state.buffer
     if config.standardise_flow:
         points = to_latent(state.preconditioner, points)
+    points = jnp.where(current[:, None, None], points, jnp.nan).reshape(-1, dim)
     params, opt_state, loss = fit_flow(
         rng_key,
         state.flow_params,
@@ -139,23 +131,9 @@ def fit_on_buffer(rng_key, state: FlowMCAdaptation, flow_static, config: FlowMCC
 def adapt(
     state: FlowMCAdaptation, position, accept_prob, global_accept_prob, config: FlowMCConfig
 ) -> FlowMCAdaptation:
-    """Record the positions, update the window, the preconditioner and the step size.
-
-    The window restarts when the current walkers' moments moved far from the window's
-    reference; the preconditioner is estimated from every position of the window, not only
-    the current ones: from one round of 256 walkers in d = 64 its mean jitters by ~0.5
-    standardised units (norm over coordinates) from round to round, more than a mode's width
-    after standardisation, and the flow, which lives in those coordinates, could not follow.
-    """
-    current = ensemble_preconditioner(position, dense=config.dense_preconditioner)
-    restart = moved_far(current, state.window_reference)
-    state = state._replace(
-        buffer=state.buffer.at[state.round_index % len(state.buffer)].set(position),
-        window_start=jnp.where(restart, state.round_index, state.window_start),
-    )
-    preconditioner = ensemble_preconditioner(
-        window_positions(state), dense=config.dense_preconditioner
-    )
+    """Record the positions, update the preconditioner, the window and the step size."""
+    preconditioner = ensemble_preconditioner(position, dense=config.dense_preconditioner)
+    restart = moved_far(preconditioner, state.window_reference)
     step_size, step_size_average, adaptation = update_step_size(
         state.step_size_adaptation, jnp.mean(accept_prob), config.target_accept_prob
     )
@@ -173,9 +151,11 @@ def adapt(
     fit_progress = unless_restart(fit_progress, init_fit_progress(position.dtype))
     return state._replace(
         fit_progress=fit_progress,
+        buffer=state.buffer.at[state.round_index % len(state.buffer)].set(position),
         step_size=step_size,
         step_size_average=step_size_average,
         step_size_adaptation=adaptation,
         preconditioner=preconditioner,
-        window_reference=unless_restart(state.window_reference, current),
+        window_reference=unless_restart(state.window_reference, preconditioner),
+        window_start=jnp.where(restart, state.round_index, state.window_start),
     )
