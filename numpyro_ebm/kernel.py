@@ -107,12 +107,10 @@ class FlowMCKernel(MCMCKernel):
             walkers' covariance instead of their variances, as NUTS's ``dense_mass``. Helps
             strongly correlated unimodal posteriors; with separated modes the between-mode
             covariance makes it worse, hence off by default.
-        fit_patience: Warm-up rounds without a gain of 0.01 in the smoothed global acceptance
-            after which the flow stops being fitted, until the walkers move far and a new
-            window starts; ``None`` (default) fits at every ``fit_every``-th round. Fitting
-            dominates warm-up in low dimension, where e.g. 50 saves time once the acceptance
-            plateaus; in d = 64 the acceptance can stay near 0 for more than 50 rounds while
-            the flow is still learning, so stopping on it is opt-in.
+        fit_patience: Warm-up rounds without a 0.01 gain in smoothed global acceptance after
+            which fitting stops until a new window; ``None`` (default): never. E.g. 50 saves
+            time in low dimension; in d = 64 the acceptance can stay near 0 for over 50 rounds
+            while the flow still learns, so this is opt-in.
 
     Example:
         >>> import jax, numpyro, numpyro.distributions as dist
