@@ -75,13 +75,8 @@ def _mcmc(kernel, num_walkers=NUM_WALKERS, num_warmup=NUM_WARMUP, num_samples=NU
     )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _progress_bar_allowed():
-    """NumPyro turns the bar off under CI or xdist; keep the fast path (see `_mcmc`)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("CI", raising=False)
-        patch.delenv("PYTEST_XDIST_WORKER", raising=False)
-        yield
+# NumPyro turns its bar off under CI; with it on, continuations reuse one compilation.
+pytestmark = pytest.mark.usefixtures("progress_bar_allowed")
 
 
 def _count_sample_calls(kernel):

@@ -42,13 +42,8 @@ def quartic_energy(x):
     return 0.1 * jnp.sum(x**4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _progress_bar_allowed():
-    """NumPyro turns the bar off under CI; with it on, continuations reuse one compilation."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("CI", raising=False)
-        patch.delenv("PYTEST_XDIST_WORKER", raising=False)
-        yield
+# NumPyro turns its bar off under CI; with it on, continuations reuse one compilation.
+pytestmark = pytest.mark.usefixtures("progress_bar_allowed")
 
 
 def _mcmc(kernel):
