@@ -2,22 +2,28 @@
 
 Usage::
 
-    numpyro-ebm train DATA --out DIR [--sampler flowmc|ula|mala|nt] [--epochs N] [--seed S]
-                       [--resume] [--fast] [--steps-per-epoch N] [--walkers W] [--batch-size B]
-                       [--lr LR] [--flow-lr LR] [--l2 L2] [--checkpoint-every N] ...
+    numpyro-ebm train DATA --out DIR [--objective pcd|cd|short-run|dsm|ssm|nce|coopflow]
+                       [--sampler flowmc|ula|mala|nt] [--epochs N] [--seed S] [--resume]
+                       [--fast] [--steps-per-epoch N] [--walkers W] [--batch-size B] [--lr LR]
+                       [--flow-lr LR] [--l2 L2] [--checkpoint-every N] [--set NAME=VALUE] ...
     numpyro-ebm sample DIR --num-samples N [--num-chains C] [--num-warmup N] [--seed S]
 
 ``train`` accepts a built-in dataset name (``two-modes-2to1``, ``eight-gaussians``, ``rings``,
 ``four-modes``, ``gmm-16``, ``gmm-32``, ``gmm-64``) or a ``.npy`` / ``.csv`` file of shape
-``(n, d)``. It writes to ``DIR``: ``settings.json``, ``checkpoints/``, the trained model
-(``model.eqx``, ``model.json``, ``negatives.npy``), ``report.json`` (metrics, settings, timings,
-history) and PNG figures (``energy.png`` in 2-D, ``samples.png``, ``mode_weights.png``,
-``training.png``). ``sample`` writes ``samples.npy`` and ``summary.csv`` (ArviZ) to ``DIR``.
+``(n, d)``. ``--objective`` picks the training objective (``pcd``, the default, is [A]'s
+flow-assisted contrastive maximum likelihood); an option that the objective does not have is an
+error, and ``--set NAME=VALUE`` sets any of its settings. It writes to ``DIR``:
+``settings.json``, ``checkpoints/``, the trained model (``model.eqx``, ``model.json``,
+``negatives.npy`` where the objective keeps samples), ``report.json`` (metrics, settings,
+timings, history) and PNG figures (``energy.png`` in 2-D, ``samples.png``,
+``mode_weights.png``, ``training.png``). ``sample`` writes ``samples.npy`` and ``summary.csv``
+(ArviZ) to ``DIR``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -26,7 +32,8 @@ from typing import Any
 
 __all__ = ["FAST_SETTINGS", "main"]
 
-#: Settings of ``--fast``: a tiny run for CI and tests (seconds, not minutes).
+#: Settings of ``--fast``: a tiny run for CI and tests (seconds, not minutes); those that the
+#: chosen objective does not have are skipped.
 FAST_SETTINGS: dict[str, Any] = dict(
     num_epochs=2,
     steps_per_epoch=10,
@@ -44,8 +51,8 @@ FAST_SETTINGS: dict[str, Any] = dict(
 _EVALUATION = dict(num_chain_steps=200, num_flowmc_samples=200)
 _FAST_EVALUATION = dict(num_chain_steps=20, num_flowmc_samples=20)
 
-# Command-line option -> TrainConfig field. Options left out keep the default (or, with
-# --resume, the saved setting).
+# Command-line option -> setting of the run or of its objective. Options left out keep the
+# default (or, with --resume, the saved setting).
 _CONFIG_OPTIONS = {
     "sampler": "sampler",
     "epochs": "num_epochs",
@@ -69,6 +76,9 @@ _CONFIG_OPTIONS = {
 
 
 def _parser() -> argparse.ArgumentParser:
+    from numpyro_ebm.training.negatives import NEGATIVE_SAMPLERS
+    from numpyro_ebm.training.objectives import OBJECTIVES
+
     parser = argparse.ArgumentParser(
         prog="numpyro-ebm",
         description="Flow-assisted training and sampling of energy-based models (NumPyro).",
@@ -83,7 +93,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("data", metavar="DATA", help="built-in dataset name, or .npy/.csv file")
     train.add_argument("--out", required=True, metavar="DIR", help="run directory")
     train.add_argument(
-        "--sampler", choices=("flowmc", "ula", "mala", "nt"), help="negatives (default flowmc)"
+        "--objective", choices=tuple(OBJECTIVES), help="training objective (default pcd)"
+    )
+    train.add_argument(
+        "--sampler", choices=NEGATIVE_SAMPLERS, help="pcd's negatives (default flowmc)"
     )
     train.add_argument("--epochs", type=int, help="epochs (default 10)")
     train.add_argument("--seed", type=int, help="seed (default 0)")
@@ -110,6 +123,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--checkpoint-every", type=int, help="steps between checkpoints (default: every epoch)"
     )
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any setting of the run or its objective (VALUE read as JSON, else a string)",
+    )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
     sample = commands.add_parser(
@@ -127,22 +147,43 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse_set(assignments: Sequence[str]) -> dict[str, Any]:
+    """``["name=value", ...]`` -> ``{name: value}``; a value is JSON if it parses, else text."""
+    settings = {}
+    for assignment in assignments:
+        name, equals, text = assignment.partition("=")
+        if not equals or not name:
+            raise ValueError(f"expected --set NAME=VALUE, got {assignment!r}")
+        try:
+            settings[name.replace("-", "_")] = json.loads(text)
+        except json.JSONDecodeError:
+            settings[name.replace("-", "_")] = text
+    return settings
+
+
 def _train_config(args: argparse.Namespace):
     from numpyro_ebm.training import TrainConfig
+    from numpyro_ebm.training.run_dir import SETTINGS_FILE
     from numpyro_ebm.training.run_files import read_run_settings
-    from numpyro_ebm.training.trainer import SETTINGS_FILE
 
     settings_path = Path(args.out) / SETTINGS_FILE
     if args.resume and settings_path.exists():
         _, config = read_run_settings(settings_path)
+        if args.objective is not None and args.objective != config.objective.name:
+            raise ValueError(
+                f"expected --objective {config.objective.name} to resume {args.out}, "
+                f"got {args.objective}"
+            )
     else:
-        config = TrainConfig(**(FAST_SETTINGS if args.fast else {}))
+        config = TrainConfig(objective=args.objective or "pcd")
+        if args.fast:
+            config = config.with_settings(strict=False, **FAST_SETTINGS)
     given = {
         field: getattr(args, option)
         for option, field in _CONFIG_OPTIONS.items()
         if getattr(args, option) is not None
     }
-    return config.replace(**given)
+    return config.with_settings(**given, **_parse_set(args.set))
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -165,7 +206,7 @@ def _run_train(args: argparse.Namespace) -> int:
         trainer.base_scale,
         flow=result.flow,
         negatives=negatives,
-        extra={"dataset": trainer.dataset_spec, "sampler": config.sampler},
+        extra={"dataset": trainer.dataset_spec, "objective": config.objective.to_dict()},
     )
 
     plots_start = time.perf_counter()
@@ -179,9 +220,10 @@ def _run_train(args: argparse.Namespace) -> int:
             true_log_prob=dataset.log_prob,
             grid_points=max(config.grid_points, 50),
         )
-    figures["samples"] = plotting.plot_samples(
-        trainer.data, negatives, out / "samples.png", bounds=dataset.bounds[:2]
-    )
+    if negatives is not None:
+        figures["samples"] = plotting.plot_samples(
+            trainer.data, negatives, out / "samples.png", bounds=dataset.bounds[:2]
+        )
     figures["mode_weights"] = plotting.plot_mode_weights(
         result.history, out / "mode_weights.png", true_weights=dataset.mode_weights
     )
@@ -214,9 +256,15 @@ def _run_train(args: argparse.Namespace) -> int:
         )
         if name in metrics
     )
-    print(f"trained {config.sampler} EBM on {trainer.dataset_spec}: {summary}")
+    print(f"trained {_method_name(config.objective)} EBM on {trainer.dataset_spec}: {summary}")
     print(f"wrote {out / 'report.json'} in {report['timings']['total_s']:.1f} s")
     return 0
+
+
+def _method_name(objective) -> str:
+    """``pcd-flowmc``, ``pcd-ula``, ... for ``pcd``; the objective's name otherwise."""
+    sampler = getattr(objective, "sampler", None)
+    return objective.name if sampler is None else f"{objective.name}-{sampler}"
 
 
 def _run_sample(args: argparse.Namespace) -> int:

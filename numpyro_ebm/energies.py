@@ -174,6 +174,22 @@ class TiltedEnergy(eqx.Module):
         self.energy = energy
         self.base_scale = positive_float("base_scale", base_scale)
 
+    @classmethod
+    def from_parts(
+        cls, energy_params: Any, energy_static: Any, base_scale: float
+    ) -> "TiltedEnergy":
+        """The tilted energy of ``eqx.combine(energy_params, energy_static)``.
+
+        Args:
+            energy_params: Array part of the energy (what training differentiates).
+            energy_static: The rest of the energy.
+            base_scale: Standard deviation sigma of the base density rho.
+
+        Returns:
+            The tilted energy.
+        """
+        return cls(eqx.combine(energy_params, energy_static), base_scale)
+
     def __call__(self, x: ArrayLike) -> jax.Array:
         """Total energy of one point.
 

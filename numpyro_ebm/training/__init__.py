@@ -1,15 +1,18 @@
-"""Flow-assisted training of tilted energy-based models ([A] Alg. 1) and its run directories.
+"""Training of tilted energy-based models with any objective, and its run directories.
 
-- :mod:`~numpyro_ebm.training.negatives`: the negative samplers ``flowmc`` (the paper's),
-  ``ula``, ``mala`` and ``nt`` behind one interface.
-- :mod:`~numpyro_ebm.training.trainer`: :class:`TrainConfig`, :class:`TrainState`, the pure
-  :func:`train_step`, :class:`Trainer` and :func:`train` (progress bar, history, checkpoints,
-  exact resume).
+- :mod:`~numpyro_ebm.training.objectives`: the objectives behind one interface, ``pcd`` ([A]'s
+  flow-assisted contrastive maximum likelihood and its baselines) and the rest of the family.
+- :mod:`~numpyro_ebm.training.negatives`: the negative samplers of ``pcd``: ``flowmc`` (the
+  paper's), ``ula``, ``mala`` and ``nt``.
+- :mod:`~numpyro_ebm.training.config`: :class:`TrainConfig`.
+- :mod:`~numpyro_ebm.training.step`: :class:`TrainState` and the pure :func:`train_step`.
+- :mod:`~numpyro_ebm.training.trainer`: :class:`Trainer` and :func:`train` (progress bar,
+  history, checkpoints, exact resume).
 - :mod:`~numpyro_ebm.training.evaluation`: the report's metrics.
 - :mod:`~numpyro_ebm.training.model_io` and :mod:`~numpyro_ebm.training.sampling`: saving a
   trained model, :func:`load_energy`, and sampling it with ``FlowMCKernel``.
-- :mod:`~numpyro_ebm.training.run_files`: reading a run directory's files, each checked, with
-  errors ``<file>: <what is wrong>``.
+- :mod:`~numpyro_ebm.training.run_dir` and :mod:`~numpyro_ebm.training.run_files`: writing a
+  run directory, and reading its files, each checked, with errors ``<file>: <what is wrong>``.
 
 References:
     [A] L. Grenioux, É. Moulines, M. Gabrié, *Balanced Training of Energy-Based Models with
@@ -17,6 +20,7 @@ References:
 """
 
 from numpyro_ebm.training.checkpoint import load_checkpoint, save_checkpoint
+from numpyro_ebm.training.config import TrainConfig
 from numpyro_ebm.training.evaluation import evaluate
 from numpyro_ebm.training.model_io import TrainedModel, load_energy, load_model, save_model
 from numpyro_ebm.training.negatives import (
@@ -29,23 +33,27 @@ from numpyro_ebm.training.negatives import (
     nt_sampler,
     ula_sampler,
 )
-from numpyro_ebm.training.sampling import sample_energy, sample_run
-from numpyro_ebm.training.trainer import (
-    StepInfo,
-    TrainConfig,
-    Trainer,
-    TrainResult,
-    TrainState,
+from numpyro_ebm.training.objectives import (
+    OBJECTIVES,
+    PCD,
+    Objective,
+    ObjectiveContext,
+    ObjectiveSettings,
     ebm_loss,
-    train,
-    train_step,
 )
+from numpyro_ebm.training.sampling import sample_energy, sample_run
+from numpyro_ebm.training.step import TrainState, train_step
+from numpyro_ebm.training.trainer import Trainer, TrainResult, train
 
 __all__ = [
     "NEGATIVE_SAMPLERS",
+    "OBJECTIVES",
+    "PCD",
     "NegativeInfo",
     "NegativeSampler",
-    "StepInfo",
+    "Objective",
+    "ObjectiveContext",
+    "ObjectiveSettings",
     "TrainConfig",
     "TrainResult",
     "TrainState",

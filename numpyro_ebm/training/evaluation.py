@@ -4,10 +4,13 @@
   their mean squared error, and the top-right mode's weight (the heavy mode of
   ``two-modes-2to1``).
 - 2-D with a known density: the median squared log-density error on the grid.
-- Known modes, any dimension: zone weights of the final negatives; for ``d > 2`` also of a
-  :class:`~numpyro_ebm.FlowMCKernel` run on the trained model.
-- Mixing of the negatives: the persistent sampler continues with the energy frozen, and the
-  max R̂ / min bulk ESS are taken across its walkers as independent chains.
+- Known modes, any dimension: zone weights of the final negatives (objectives that keep
+  samples); for ``d > 2`` also of a :class:`~numpyro_ebm.FlowMCKernel` run on the trained
+  model, started from the negatives or, without them, from ρ.
+- Mixing of the negatives (objectives with persistent chains, ``pcd``): the chains continue
+  with the energy frozen, and the max R̂ / min bulk ESS are taken across its walkers as
+  independent chains. Other objectives' samples restart at every step, so their R̂ says
+  nothing about the method and is not reported.
 """
 
 from __future__ import annotations
@@ -59,15 +62,18 @@ def evaluate(
     dataset, dim = trainer.dataset, trainer.dim
     start = time.perf_counter()
     metrics: dict[str, Any] = {"dim": dim, "steps": int(state.step)}
-    negatives = np.asarray(trainer.negatives(state))
+    objective = trainer.objective
+    negatives = trainer.negatives(state)
+    negatives = None if negatives is None else np.asarray(negatives)
     total_energy = trainer.total_energy_fn(state)
     means, true_weights = dataset.mode_means, dataset.mode_weights
 
     if means is not None:
         metrics["true_mode_weights"] = _round(true_weights)
-        weights = zone_weights_from_samples(negatives, means)
-        metrics["negatives_mode_weights"] = _round(weights)
-        metrics["negatives_zone_weight_mse"] = zone_weight_mse(weights, true_weights)
+        if negatives is not None:
+            weights = zone_weights_from_samples(negatives, means)
+            metrics["negatives_mode_weights"] = _round(weights)
+            metrics["negatives_zone_weight_mse"] = zone_weight_mse(weights, true_weights)
         if dim == 2:
             weights = trainer.mode_weights(state)
             metrics["mode_weights"] = _round(weights)
@@ -76,17 +82,23 @@ def evaluate(
             metrics["top_right_weight"] = float(weights[top_right])
             metrics["true_top_right_weight"] = float(true_weights[top_right])
         else:
+            key_sample, key_init = jax.random.split(jax.random.key(seed))
+            num_chains = 256 if negatives is None else min(len(negatives), 256)
+            if negatives is None:
+                init_positions = trainer.base_scale * jax.random.normal(key_init, (num_chains, dim))
+            else:
+                init_positions = negatives
             mcmc = sample_energy(
-                jax.random.key(seed),
+                key_sample,
                 trainer.energy(state),
                 dim,
                 trainer.base_scale,
                 num_samples=num_flowmc_samples,
-                num_chains=min(trainer.config.num_walkers, 256),
+                num_chains=num_chains,
                 num_warmup=num_flowmc_samples,
                 flow=trainer.flow(state),
-                init_positions=negatives,
-                num_particles=trainer.config.num_particles,
+                init_positions=init_positions,
+                num_particles=getattr(trainer.config.objective, "num_particles", 32),
             )
             draws = np.asarray(mcmc.get_samples()["x"])
             weights = zone_weights_from_samples(draws, means)
@@ -97,17 +109,22 @@ def evaluate(
             total_energy, dataset.log_prob, dataset.bounds, trainer.config.grid_points
         )
 
-    chains = trainer.negative_chains(state, num_chain_steps)
+    if objective.persistent:
+        metrics.update(_mixing_metrics(trainer.negative_chains(state, num_chain_steps)))
+    last = result.history[-1] if result.history else {}
+    for name, value in last.items():
+        if name not in ("epoch", "step", "mode_weights", "time_s"):
+            metrics[f"final_{name}"] = value
+    metrics["evaluation_s"] = time.perf_counter() - start
+    return metrics
+
+
+def _mixing_metrics(chains: np.ndarray) -> dict[str, Any]:
+    """Max R̂ / min bulk ESS across chains ``(num_chains, num_draws, dim)``; NaN if not finite."""
     if np.all(np.isfinite(chains)):
-        metrics.update({f"negatives_{k}": v for k, v in mixing_diagnostics(chains).items()})
+        metrics = {f"negatives_{k}": v for k, v in mixing_diagnostics(chains).items()}
     else:
-        metrics["negatives_max_rhat"] = float("nan")
-        metrics["negatives_min_ess_bulk"] = float("nan")
+        metrics = {"negatives_max_rhat": float("nan"), "negatives_min_ess_bulk": float("nan")}
     metrics["negatives_num_chains"] = int(chains.shape[0])
     metrics["negatives_num_draws"] = int(chains.shape[1])
-    last = result.history[-1] if result.history else {}
-    for name in ("loss", "accept_prob", "global_accept_prob", "flow_loss"):
-        if name in last:
-            metrics[f"final_{name}"] = last[name]
-    metrics["evaluation_s"] = time.perf_counter() - start
     return metrics

@@ -100,7 +100,7 @@ def read_run_settings(path: str | os.PathLike) -> tuple[dict[str, Any], Any]:
         FileNotFoundError: If there is no file.
         ValueError: ``<file>: <what is wrong>``, including invalid settings.
     """
-    from numpyro_ebm.training.trainer import TrainConfig  # the trainer imports this module
+    from numpyro_ebm.training.config import TrainConfig
 
     settings = read_json_object(path, {"dataset": "a string", "config": "an object"})
     try:

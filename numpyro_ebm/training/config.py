@@ -1,0 +1,152 @@
+"""Settings of a training run: what every objective shares, and one objective's own settings."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from numpyro_ebm._checks import positive_float, positive_int
+from numpyro_ebm.training.objectives import PCD, ObjectiveSettings, objective_settings
+
+__all__ = ["TrainConfig"]
+
+#: Settings of runs written before objectives existed, which now belong to ``pcd``.
+_LEGACY_PCD_SETTINGS = ("sampler", *PCD.field_names())
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Settings of a training run. The defaults suit [A]'s 2-D experiments (METHOD.md §4).
+
+    Attributes:
+        objective: The training objective's settings (:mod:`~numpyro_ebm.training.objectives`),
+            or its name for its defaults: ``"pcd"`` ([A]'s flow-assisted contrastive maximum
+            likelihood), ...
+        num_epochs: Epochs to train.
+        steps_per_epoch: EBM steps per epoch.
+        batch_size: Data points per step (``x⁺``); [A] uses 64-256.
+        learning_rate: Adam learning rate of the energy; [A] uses 1e-2 or 1e-3.
+        ema_decay: Decay of the exponential moving average of the energy's parameters that
+            is the trained model (Polyak averaging: it averages out the random walk that
+            stochastic gradients give the relative mode weights); 0 keeps the last iterate.
+        base_scale: σ of the tilt ρ = N(0, σ² I); ``None`` takes the root mean square of the
+            training data's coordinates, so that ρ covers the data.
+        energy_width: Units per hidden layer of the :class:`~numpyro_ebm.energies.MLPEnergy`.
+        energy_depth: Hidden layers of the energy.
+        num_data: Training points drawn from a built-in dataset (file data is used as given).
+        checkpoint_every: Steps between checkpoints when training into a directory; ``None``
+            checkpoints at the end of every epoch.
+        grid_points: Points per axis of the 2-D grid that integrates mode weights.
+        seed: Seed of everything random in the run.
+
+    Example:
+        >>> from numpyro_ebm.training.objectives import PCD
+        >>> config = TrainConfig(objective=PCD(sampler="ula"), num_epochs=3)
+        >>> config.objective.name, config.with_settings(num_walkers=64).objective.num_walkers
+        ('pcd', 64)
+    """
+
+    objective: ObjectiveSettings | str | dict = dataclasses.field(default_factory=PCD)
+    num_epochs: int = 10
+    steps_per_epoch: int = 200
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    ema_decay: float = 0.995
+    base_scale: float | None = None
+    energy_width: int = 64
+    energy_depth: int = 3
+    num_data: int = 50_000
+    checkpoint_every: int | None = None
+    grid_points: int = 100
+    seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "objective", objective_settings(self.objective))
+        for name in (
+            "num_epochs",
+            "steps_per_epoch",
+            "batch_size",
+            "energy_width",
+            "energy_depth",
+            "num_data",
+        ):
+            positive_int(name, getattr(self, name), 1)
+        positive_int("grid_points", self.grid_points, 2)
+        positive_int("seed", self.seed, 0)
+        if self.checkpoint_every is not None:
+            positive_int("checkpoint_every", self.checkpoint_every, 1)
+        positive_float("learning_rate", self.learning_rate)
+        if self.base_scale is not None:
+            positive_float("base_scale", self.base_scale)
+        if not (isinstance(self.ema_decay, int | float) and 0 <= self.ema_decay < 1):
+            raise ValueError(f"expected `ema_decay` in [0, 1), got {self.ema_decay!r}")
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """The names of the shared settings (``objective`` included)."""
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some shared settings (or the whole ``objective``) changed.
+
+        Args:
+            **changes: Settings to change.
+
+        Returns:
+            The new settings, validated again.
+        """
+        return dataclasses.replace(self, **changes)
+
+    def with_settings(self, *, strict: bool = True, **changes: Any) -> TrainConfig:
+        """A copy with settings changed, each routed to the run or to its objective by name.
+
+        Args:
+            strict: Raise for a setting that neither has; otherwise skip it (for presets
+                such as the command line's ``--fast`` that name several objectives' settings).
+            **changes: Settings to change.
+
+        Returns:
+            The new settings.
+
+        Raises:
+            ValueError: For a setting that neither the run nor its objective has (``strict``).
+        """
+        shared = {k: v for k, v in changes.items() if k in self.field_names()}
+        own = {k: v for k, v in changes.items() if k in self.objective.field_names()}
+        unknown = sorted(set(changes) - set(shared) - set(own))
+        if unknown and strict:
+            raise ValueError(
+                f"expected settings of the run or of objective {self.objective.name!r} "
+                f"(among {sorted(self.objective.field_names())}), got {unknown}"
+            )
+        config = self.replace(**shared)
+        return config.replace(objective=config.objective.replace(**own)) if own else config
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a JSON-serialisable dict; the objective's under ``"objective"``."""
+        settings = {name: getattr(self, name) for name in self.field_names()}
+        settings["objective"] = self.objective.to_dict()
+        return settings
+
+    @classmethod
+    def from_dict(cls, settings: dict[str, Any]) -> TrainConfig:
+        """Rebuild settings written by :meth:`to_dict` (or by a release before objectives).
+
+        Args:
+            settings: A dict of settings.
+
+        Returns:
+            The settings.
+
+        Raises:
+            ValueError: For an unknown setting.
+        """
+        settings = dict(settings)
+        if "objective" not in settings and "sampler" in settings:
+            # Written before objectives existed: its sampler settings are pcd's.
+            legacy = {k: settings.pop(k) for k in _LEGACY_PCD_SETTINGS if k in settings}
+            settings["objective"] = {"name": PCD.name, **legacy}
+        unknown = sorted(set(settings) - set(cls.field_names()))
+        if unknown:
+            raise ValueError(f"expected settings among {sorted(cls.field_names())}, got {unknown}")
+        return cls(**settings)

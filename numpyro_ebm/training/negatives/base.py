@@ -1,0 +1,66 @@
+"""The negative samplers' interface: :class:`NegativeSampler` and :class:`NegativeInfo`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flowjax.distributions import AbstractDistribution
+
+__all__ = ["NegativeInfo", "NegativeSampler", "check_positions"]
+
+
+class NegativeInfo(NamedTuple):
+    """Diagnostics of one EBM step's negative sampling (scalars, means over walkers).
+
+    Attributes:
+        accept_prob: Mean local (MALA) acceptance probability; 1 for ULA where finite.
+        global_accept_prob: Mean acceptance of the flow's global move; 0 without one.
+        flow_loss: Loss of the last flow fit (NaN when the flow was not fitted).
+    """
+
+    accept_prob: jax.Array
+    global_accept_prob: jax.Array
+    flow_loss: jax.Array
+
+
+class NegativeSampler(NamedTuple):
+    """A negative sampler: pure ``init``/``step`` over a state, and accessors.
+
+    Attributes:
+        name: One of :data:`NEGATIVE_SAMPLERS`.
+        init: ``init(rng_key, positions, energy_params) -> state``; outside ``jit``.
+        step: ``step(state, energy_params) -> (state, NegativeInfo)``; jittable.
+        positions: ``positions(state) -> (num_walkers, dim)`` array of negatives.
+        get_flow: ``get_flow(state)``: the sampler's flow, or ``None`` if it has none.
+    """
+
+    name: str
+    init: Callable[[jax.Array, jax.Array, Any], Any]
+    step: Callable[[Any, Any], tuple[Any, NegativeInfo]]
+    positions: Callable[[Any], jax.Array]
+    get_flow: Callable[[Any], AbstractDistribution | None]
+
+
+def check_positions(positions: jax.Array, dim: int) -> jax.Array:
+    """Initial walkers as an array of shape ``(num_walkers, dim)``, ``num_walkers >= 2``.
+
+    Args:
+        positions: The walkers' initial positions.
+        dim: Dimension of a point.
+
+    Returns:
+        The positions as an array.
+
+    Raises:
+        ValueError: If the shape is not ``(num_walkers, dim)`` with ``num_walkers >= 2``.
+    """
+    positions = jnp.asarray(positions)
+    if positions.ndim != 2 or positions.shape[1] != dim or positions.shape[0] < 2:
+        raise ValueError(
+            f"expected initial walker positions of shape (num_walkers, {dim}) with "
+            f"num_walkers >= 2, got shape {positions.shape}"
+        )
+    return positions

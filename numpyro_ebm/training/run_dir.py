@@ -1,0 +1,111 @@
+"""Writing a training run directory: ``settings.json`` and ``checkpoints/``.
+
+A run directory holds the settings of the run and its latest checkpoints (a state in
+``step_<n>.eqx`` and, written last, its history in ``step_<n>.json``: a checkpoint counts only
+once both exist). Reading is in :mod:`~numpyro_ebm.training.run_files`, which checks every file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+from numpyro_ebm.training.checkpoint import checkpoint_paths, save_checkpoint, write_json
+from numpyro_ebm.training.run_files import read_run_settings
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "SETTINGS_FILE",
+    "check_saved_settings",
+    "clear_checkpoints",
+    "save_training_checkpoint",
+]
+
+#: Name of a run directory's settings file and checkpoint folder.
+SETTINGS_FILE = "settings.json"
+CHECKPOINT_DIR = "checkpoints"
+#: Settings that may differ between a run and its resumption (they do not change any step).
+RESUMABLE_CHANGES = ("num_epochs",)
+
+
+def check_saved_settings(out_dir: Path, current: dict[str, Any]) -> None:
+    """Check that the settings saved in ``out_dir`` allow resuming with ``current``.
+
+    Args:
+        out_dir: The run directory.
+        current: The settings of the run about to resume (``Trainer.settings()``).
+
+    Raises:
+        ValueError: Naming each setting that differs (other than :data:`RESUMABLE_CHANGES`).
+    """
+    path = out_dir / SETTINGS_FILE
+    if not path.exists():
+        if checkpoint_paths(out_dir / CHECKPOINT_DIR):
+            warnings.warn(
+                f"no {SETTINGS_FILE} in {str(out_dir)!r}: the given settings cannot be "
+                "checked against the run's; resuming only if its checkpoint fits them",
+                stacklevel=4,
+            )
+        return
+    saved, saved_config = read_run_settings(path)
+    differences = []
+    if saved["dataset"] != current["dataset"]:
+        differences.append(f"dataset: saved {saved['dataset']!r}, given {current['dataset']!r}")
+    # Compare through TrainConfig so that settings written by an older release still match.
+    saved_settings = saved_config.to_dict()
+    for name, value in current["config"].items():
+        if name not in RESUMABLE_CHANGES and saved_settings.get(name) != value:
+            differences.append(f"{name}: saved {saved_settings.get(name)!r}, given {value!r}")
+    if differences:
+        raise ValueError(
+            f"expected the settings saved in {str(path)!r} to resume, got different ones: "
+            + "; ".join(differences)
+        )
+
+
+def clear_checkpoints(out_dir: Path) -> None:
+    """Remove the checkpoints of an earlier run in ``out_dir``, with a warning."""
+    old = checkpoint_paths(out_dir / CHECKPOINT_DIR)
+    if old:
+        warnings.warn(
+            f"starting a new run in {str(out_dir)!r}: removing its {len(old)} checkpoints "
+            "(pass resume=True to continue it instead)",
+            stacklevel=4,
+        )
+    for _, path in old:
+        path.unlink()
+        path.with_suffix(".json").unlink(missing_ok=True)
+
+
+def save_training_checkpoint(
+    checkpoint_dir: Path,
+    state: Any,
+    step: int,
+    history: list[dict[str, Any]],
+    partial: dict[str, list[float]],
+    keep_checkpoints: int,
+) -> Path:
+    """Write the state and history at ``step``; keep the ``keep_checkpoints`` latest.
+
+    Args:
+        checkpoint_dir: The run's checkpoint folder.
+        state: The training state.
+        step: Steps done.
+        history: Per-epoch entries so far.
+        partial: Per-step metrics of the unfinished epoch.
+        keep_checkpoints: Most recent checkpoints kept.
+
+    Returns:
+        The state's path.
+    """
+    path = checkpoint_dir / f"step_{step:08d}.eqx"
+    save_checkpoint(path, state)
+    # The JSON is written last: a checkpoint counts only once both files exist.
+    write_json(
+        path.with_suffix(".json"), {"step": step, "history": history, "partial_epoch": partial}
+    )
+    for _, old in checkpoint_paths(checkpoint_dir)[:-keep_checkpoints]:
+        old.with_suffix(".json").unlink(missing_ok=True)
+        old.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,90 @@
+"""One training step, pure: a data batch, the objective's batch and loss, an optimizer step.
+
+:func:`train_step` maps a :class:`TrainState` to the next; it knows nothing of any objective
+beyond the :class:`~numpyro_ebm.training.objectives.Objective` interface. For ``pcd`` it is
+[A] Alg. 1: the persistent walkers move on the current ``E_θ`` and are the negatives of the
+contrastive loss.
+
+References:
+    [A] L. Grenioux, É. Moulines, M. Gabrié, *Balanced Training of Energy-Based Models with
+    Adaptive Flow Sampling*, arXiv:2306.00684 (2023).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import optax
+
+from numpyro_ebm.training.objectives import Metrics, Objective
+
+__all__ = ["TrainState", "train_step"]
+
+
+class TrainState(NamedTuple):
+    """Everything a training step needs, and all that changes during training.
+
+    Attributes:
+        energy_params: Array part of the energy (``eqx.filter(energy, eqx.is_array)``); the
+            objective's samples follow this energy.
+        average_params: Exponential moving average of ``energy_params`` (Polyak averaging),
+            the trained model when ``ema_decay > 0``.
+        opt_state: State of the energy's optimizer.
+        objective_state: State of the objective (walkers, flow, its optimizer, keys, ...).
+        step: EBM steps done.
+        rng_key: PRNG key of the data batches.
+    """
+
+    energy_params: Any
+    average_params: Any
+    opt_state: Any
+    objective_state: Any
+    step: jax.Array
+    rng_key: jax.Array
+
+
+def train_step(
+    state: TrainState,
+    data: jax.Array,
+    *,
+    objective: Objective,
+    optimizer: optax.GradientTransformation,
+    batch_size: int,
+    ema_decay: float = 0.0,
+) -> tuple[TrainState, Metrics]:
+    """One step: data batch, the objective's batch and loss gradient, optimizer step.
+
+    Pure and jittable.
+
+    Args:
+        state: Current state.
+        data: Training data ``(n, d)``; the batch is drawn with replacement.
+        objective: The objective whose state is ``state.objective_state``.
+        optimizer: The energy's optax optimizer.
+        batch_size: Data points per step.
+        ema_decay: Decay of the moving average of the energy's parameters.
+
+    Returns:
+        The next state and the step's metrics: ``loss`` and the objective's own.
+    """
+    rng_key, key_batch = jax.random.split(state.rng_key)
+    rows = jax.random.randint(key_batch, (batch_size,), 0, data.shape[0])
+    positives = data[rows]
+    objective_state, batch, prepare_metrics = objective.prepare(
+        state.objective_state, state.energy_params, positives
+    )
+    (loss, loss_metrics), grads = jax.value_and_grad(objective.loss, has_aux=True)(
+        state.energy_params, positives, batch
+    )
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.energy_params)
+    energy_params = optax.apply_updates(state.energy_params, updates)
+    average_params = jax.tree.map(
+        lambda average, new: ema_decay * average + (1.0 - ema_decay) * new,
+        state.average_params,
+        energy_params,
+    )
+    new_state = TrainState(
+        energy_params, average_params, opt_state, objective_state, state.step + 1, rng_key
+    )
+    return new_state, {"loss": loss, **loss_metrics, **prepare_metrics}
