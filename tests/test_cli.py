@@ -23,7 +23,7 @@ def fast_run(tmp_path_factory):
 def test_train_fast_writes_report_and_figures(fast_run):
     report = json.loads((fast_run / "report.json").read_text())
     assert report["dataset"] == "two-modes-2to1"
-    assert report["settings"]["config"]["sampler"] == "flowmc"
+    assert report["settings"]["config"]["objective"]["sampler"] == "flowmc"
     assert report["fast"] is True
     metrics = report["metrics"]
     for name in (
@@ -107,7 +107,7 @@ def test_train_resume_continues_the_run(tmp_path, capsys):
     report = json.loads((tmp_path / "report.json").read_text())
     assert [e["epoch"] for e in report["history"]] == [1, 2]
     assert report["history"][0] == first["history"][0]
-    assert report["settings"]["config"]["sampler"] == "ula"
+    assert report["settings"]["config"]["objective"]["sampler"] == "ula"
     assert report["metrics"]["steps"] == 20
     # A setting that would change the steps cannot change on resume.
     assert main([*common, "--resume", "--batch-size", "8"]) == 2

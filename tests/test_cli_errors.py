@@ -91,7 +91,9 @@ def test_resume_without_settings_continues_with_the_right_flags(run):
         assert main([*_resume(run), *flags]) == 0
     report = json.loads((run / "report.json").read_text())
     assert [entry["epoch"] for entry in report["history"]] == [1, 2]
-    assert json.loads((run / "settings.json").read_text())["config"]["sampler"] == "ula"
+    assert (
+        json.loads((run / "settings.json").read_text())["config"]["objective"]["sampler"] == "ula"
+    )
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from numpyro_ebm import FlowMCKernel, MLPEnergy, TrainConfig, Trainer, get_datas
 from numpyro_ebm._checks import typed_key
 from numpyro_ebm.flows import default_flow, fit_flow, flow_optimizer, split_flow
 from numpyro_ebm.samplers import imh_step, init_walkers, isir_step, mala_step, ula_step
-from numpyro_ebm.training import make_negative_sampler, sample_energy
+from numpyro_ebm.training import PCD, make_negative_sampler, sample_energy
 
 KEY_KINDS = {"typed": jax.random.key, "raw": jax.random.PRNGKey}
 
@@ -201,10 +201,9 @@ def test_negative_samplers_accept_both_key_kinds(name):
 
 def test_trainer_state_with_a_raw_key_trains_as_with_a_typed_one():
     config = TrainConfig(
-        sampler="ula",
+        objective=PCD(sampler="ula", num_walkers=8),
         num_epochs=1,
         steps_per_epoch=2,
-        num_walkers=8,
         batch_size=8,
         energy_width=4,
         energy_depth=1,

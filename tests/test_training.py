@@ -12,6 +12,7 @@ from numpyro_ebm.energies import MLPEnergy, base_log_prob
 from numpyro_ebm.metrics import grid, grid_log_density
 from numpyro_ebm.training import (
     NEGATIVE_SAMPLERS,
+    PCD,
     TrainConfig,
     Trainer,
     ebm_loss,
@@ -21,6 +22,7 @@ from numpyro_ebm.training import (
     make_negative_sampler,
     save_model,
     train,
+    train_step,
 )
 from numpyro_ebm.training.checkpoint import checkpoint_paths
 
@@ -64,7 +66,7 @@ HEAVY = 2 / 3
 def flowmc_runs(tmp_path_factory):
     """The tiny flowMC run, uninterrupted and "killed" after one epoch then resumed."""
     out = tmp_path_factory.mktemp("flowmc")
-    trainer = Trainer("two-modes-2to1", TrainConfig(**TINY))
+    trainer = Trainer("two-modes-2to1", TrainConfig().with_settings(**TINY))
     full = trainer.fit(out_dir=out / "full", progress_bar=False)
     trainer.fit(out_dir=out / "split", progress_bar=False, num_epochs=1)
     resumed = trainer.fit(out_dir=out / "split", resume=True, progress_bar=False)
@@ -78,7 +80,7 @@ def flowmc_run(flowmc_runs):
 
 @pytest.fixture(scope="module")
 def ula_run():
-    trainer = Trainer("two-modes-2to1", TrainConfig(**TINY, sampler="ula"))
+    trainer = Trainer("two-modes-2to1", TrainConfig().with_settings(**TINY, sampler="ula"))
     return trainer.fit(progress_bar=False)
 
 
@@ -110,13 +112,23 @@ def test_ebm_loss_hand_value_and_gradient():
 
 
 def test_loss_falls_and_parameters_move():
-    trainer = Trainer("two-modes-2to1", TrainConfig(**MINI, sampler="ula", learning_rate=1e-2))
+    trainer = Trainer(
+        "two-modes-2to1", TrainConfig().with_settings(**MINI, sampler="ula", learning_rate=1e-2)
+    )
     state = trainer.init_state()
     data = trainer.data[: MINI["batch_size"]]
-    step = jax.jit(trainer._step_fn())
+    step = jax.jit(
+        lambda state, data: train_step(
+            state,
+            data,
+            objective=trainer.objective,
+            optimizer=trainer.optimizer,
+            batch_size=MINI["batch_size"],
+        )
+    )
     new_state, info = step(state, data)
     # E ≡ 0 at start, so the loss starts at exactly 0.
-    assert float(info.loss) == 0.0
+    assert float(info["loss"]) == 0.0
     # One step lowers the loss on the same positives and negatives (gradient descent).
     negatives = trainer.negatives(new_state)
     positives = data[
@@ -191,7 +203,9 @@ def test_flowmc_beats_broken_ula_on_mode_weights(flowmc_run, ula_run):
 
 @pytest.mark.parametrize("sampler", ["ula", "mala", "nt"])
 def test_each_sampler_runs_a_few_steps(sampler):
-    config = TrainConfig(**{**MINI, "num_epochs": 1, "steps_per_epoch": 2}, sampler=sampler)
+    config = TrainConfig().with_settings(
+        **{**MINI, "num_epochs": 1, "steps_per_epoch": 2}, sampler=sampler
+    )
     result = train("two-modes-2to1", config, progress_bar=False)
     assert int(result.state.step) == 2
     assert np.all(np.isfinite(np.asarray(result.trainer.negatives(result.state))))
@@ -206,7 +220,7 @@ def test_flowmc_sampler_runs_and_fits_its_flow(flowmc_run):
     entry = flowmc_run.history[-1]
     assert math.isfinite(entry["flow_loss"])
     assert flowmc_run.flow is not None
-    assert flowmc_run.trainer.sampler.name == "flowmc"
+    assert flowmc_run.trainer.objective.name == "pcd"
 
 
 def test_negative_samplers_interface_under_jit():
@@ -229,7 +243,10 @@ def test_negative_samplers_interface_under_jit():
 
 
 def test_walkers_start_from_base_density():
-    trainer = Trainer("two-modes-2to1", TrainConfig(**{**MINI, "num_walkers": 4000}, sampler="ula"))
+    trainer = Trainer(
+        "two-modes-2to1",
+        TrainConfig().with_settings(**{**MINI, "num_walkers": 4000}, sampler="ula"),
+    )
     walkers = np.asarray(trainer.negatives(trainer.init_state()))
     # ρ = N(0, σ² I): 4000 draws give the std to ±3·σ/sqrt(2·4000) ≈ 0.034σ (3 sigma).
     np.testing.assert_allclose(walkers.std(axis=0), trainer.base_scale, rtol=0.04)
@@ -270,7 +287,7 @@ def test_resume_is_exact_and_checkpoints_are_not_pickle(flowmc_runs):
 
 
 def test_resume_rejects_other_settings(tmp_path):
-    config = TrainConfig(**MINI, sampler="ula")
+    config = TrainConfig().with_settings(**MINI, sampler="ula")
     Trainer("two-modes-2to1", config).fit(out_dir=tmp_path, progress_bar=False, num_epochs=1)
     with pytest.raises(ValueError, match="batch_size: saved 16, given 32"):
         Trainer("two-modes-2to1", config.replace(batch_size=32)).fit(
@@ -295,12 +312,12 @@ def test_bad_data_files_are_clear_errors(tmp_path, data, match):
     path = tmp_path / "data.npy"
     np.save(path, data)
     with pytest.raises(ValueError, match=match):
-        Trainer(path, TrainConfig(**MINI))
+        Trainer(path, TrainConfig().with_settings(**MINI))
 
 
 def test_unknown_dataset_name_is_a_clear_error():
     with pytest.raises(ValueError, match="built-in dataset name"):
-        Trainer("three-moons", TrainConfig(**MINI))
+        Trainer("three-moons", TrainConfig().with_settings(**MINI))
 
 
 def test_file_dataset_trains(tmp_path):
@@ -308,7 +325,9 @@ def test_file_dataset_trains(tmp_path):
     points = np.random.default_rng(0).normal(size=(200, 3)) + 1.0
     np.savetxt(path, points, delimiter=",")
     result = train(
-        path, TrainConfig(**{**MINI, "num_epochs": 1}, sampler="ula"), progress_bar=False
+        path,
+        TrainConfig().with_settings(**{**MINI, "num_epochs": 1}, sampler="ula"),
+        progress_bar=False,
     )
     assert result.trainer.dim == 3
     assert "mode_weights" not in result.history[0]  # unknown for a file
@@ -326,10 +345,20 @@ def test_file_dataset_trains(tmp_path):
 )
 def test_config_validation(changes, match):
     with pytest.raises(ValueError, match=match):
-        TrainConfig(**changes)
+        TrainConfig().with_settings(**changes)
     with pytest.raises(ValueError, match="unknown"):
         TrainConfig.from_dict({"epochs": 3})
+    with pytest.raises(ValueError, match=r"objective 'pcd'.*\['epochs'\]"):
+        TrainConfig().with_settings(epochs=3)
     assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
+
+
+def test_config_reads_settings_written_before_objectives():
+    """A run directory of the previous release (flat sampler settings) still resumes."""
+    legacy = {**TrainConfig().to_dict(), "sampler": "ula", "num_walkers": 64, "l2_penalty": 0.1}
+    del legacy["objective"]
+    config = TrainConfig.from_dict(legacy)
+    assert config.objective == PCD(sampler="ula", num_walkers=64, l2_penalty=0.1)
 
 
 # ---------------------------------------------------------------- metrics and the saved model
@@ -403,7 +432,7 @@ def test_nt_latent_map_is_the_flow():
     from flowjax.distributions import StandardNormal
 
     from numpyro_ebm.flows import default_flow
-    from numpyro_ebm.training.negatives import _pull_back, _push_forward
+    from numpyro_ebm.training.negatives.neural_transport import _pull_back, _push_forward
 
     flow = default_flow(jax.random.key(0), 2, loc=jnp.array([0.5, -1.0]), scale=2.0)
     # Perturb every array so the coupling layers are far from the identity.
@@ -422,7 +451,7 @@ def test_nt_latent_map_is_the_flow():
 
 
 def test_evaluate_high_dimension_uses_a_flowmc_run():
-    config = TrainConfig(**{**MINI, "num_epochs": 1}, sampler="ula")
+    config = TrainConfig().with_settings(**{**MINI, "num_epochs": 1}, sampler="ula")
     result = train("gmm-16", config, progress_bar=False)
     metrics = evaluate(result, num_chain_steps=8, num_flowmc_samples=8)
     assert len(metrics["mode_weights"]) == 4

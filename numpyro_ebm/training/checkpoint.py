@@ -17,6 +17,7 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 
 __all__ = [
     "checkpoint_paths",
@@ -24,6 +25,7 @@ __all__ = [
     "load_checkpoint",
     "read_json",
     "save_checkpoint",
+    "strongly_typed",
     "write_json",
 ]
 
@@ -45,6 +47,26 @@ def _data_to_keys(tree: Any, like: Any) -> Any:
         return leaf
 
     return jax.tree.map(wrap, tree, like)
+
+
+def strongly_typed(tree: Any) -> Any:
+    """Give weakly typed leaves (e.g. ``jnp.array(0)``) their strong dtype.
+
+    A checkpoint stores dtypes, not weak types: without this a resumed state would not match
+    the compiled training program and would be compiled again.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> jax.typeof(strongly_typed(jnp.array(0))).weak_type
+        False
+    """
+
+    def strong(leaf):
+        if isinstance(leaf, jax.Array) and jax.typeof(leaf).weak_type:
+            return jnp.asarray(leaf, dtype=leaf.dtype)
+        return leaf
+
+    return jax.tree.map(strong, tree)
 
 
 def _write_atomically(path: Path, write) -> None:

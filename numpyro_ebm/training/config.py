@@ -148,5 +148,7 @@ class TrainConfig:
             settings["objective"] = {"name": PCD.name, **legacy}
         unknown = sorted(set(settings) - set(cls.field_names()))
         if unknown:
-            raise ValueError(f"expected settings among {sorted(cls.field_names())}, got {unknown}")
+            raise ValueError(
+                f"expected settings among {sorted(cls.field_names())}, got unknown {unknown}"
+            )
         return cls(**settings)

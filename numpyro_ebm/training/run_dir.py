@@ -11,14 +11,21 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from numpyro_ebm.training.checkpoint import checkpoint_paths, save_checkpoint, write_json
-from numpyro_ebm.training.run_files import read_run_settings
+from numpyro_ebm.training.checkpoint import (
+    checkpoint_paths,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    write_json,
+)
+from numpyro_ebm.training.run_files import read_checkpoint_meta, read_run_settings
 
 __all__ = [
     "CHECKPOINT_DIR",
     "SETTINGS_FILE",
     "check_saved_settings",
     "clear_checkpoints",
+    "restore_checkpoint",
     "save_training_checkpoint",
 ]
 
@@ -109,3 +116,38 @@ def save_training_checkpoint(
         old.with_suffix(".json").unlink(missing_ok=True)
         old.unlink(missing_ok=True)
     return path
+
+
+def restore_checkpoint(
+    out_dir: Path, template: Any
+) -> tuple[Any, list[dict[str, Any]], dict[str, list[float]]] | None:
+    """The latest checkpoint of ``out_dir``: ``(state, history, partial epoch)``, or ``None``.
+
+    Args:
+        out_dir: The run directory.
+        template: A state of the run's structure (:meth:`Trainer.init_state`).
+
+    Returns:
+        The state and the history saved with it, or ``None`` (with a warning) when the run has
+        no checkpoint.
+
+    Raises:
+        ValueError: If the checkpoint's state is not at the step its name says.
+    """
+    checkpoint_dir = out_dir / CHECKPOINT_DIR
+    found = latest_checkpoint(checkpoint_dir)
+    if found is None:
+        warnings.warn(
+            f"no checkpoint in {str(checkpoint_dir)!r}: starting the run from step 0",
+            stacklevel=3,
+        )
+        return None
+    saved_step, path = found
+    state = load_checkpoint(path, template)
+    meta = read_checkpoint_meta(path.with_suffix(".json"))
+    if int(state.step) != saved_step:
+        raise ValueError(
+            f"{path}: expected a checkpoint at step {saved_step}, "
+            f"got a state at step {int(state.step)}"
+        )
+    return state, meta["history"], meta["partial_epoch"]

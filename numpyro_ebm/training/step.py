@@ -15,11 +15,12 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from numpyro_ebm.training.objectives import Metrics, Objective
 
-__all__ = ["TrainState", "train_step"]
+__all__ = ["TrainState", "train_chunk", "train_step"]
 
 
 class TrainState(NamedTuple):
@@ -88,3 +89,61 @@ def train_step(
         energy_params, average_params, opt_state, objective_state, state.step + 1, rng_key
     )
     return new_state, {"loss": loss, **loss_metrics, **prepare_metrics}
+
+
+def train_chunk(
+    state: TrainState,
+    data: jax.Array,
+    frozen: jax.Array | bool,
+    *,
+    objective: Objective,
+    optimizer: optax.GradientTransformation,
+    batch_size: int,
+    ema_decay: float,
+    num_steps: int,
+    num_traced: int,
+) -> tuple[TrainState, tuple[Metrics, jax.Array | None]]:
+    """``num_steps`` steps of :func:`train_step` in one ``lax.scan``, the trainer's program.
+
+    Args:
+        state: Current state.
+        data: Training data ``(n, d)``.
+        frozen: Keep the energy, its average and its optimizer state as they are: only the
+            objective's samples move (diagnostic chains of the final model). The selection is
+            exact, so training runs the same numbers either way.
+        objective: The objective.
+        optimizer: The energy's optax optimizer.
+        batch_size: Data points per step.
+        ema_decay: Decay of the moving average of the energy's parameters.
+        num_steps: Steps to run.
+        num_traced: Samples whose paths are returned (the first ones).
+
+    Returns:
+        The state after the steps, and per step its metrics and the first ``num_traced`` of
+        the objective's samples (``None`` if it keeps none).
+    """
+
+    def one_step(state, _):
+        new_state, metrics = train_step(
+            state,
+            data,
+            objective=objective,
+            optimizer=optimizer,
+            batch_size=batch_size,
+            ema_decay=ema_decay,
+        )
+        new_state = new_state._replace(
+            **{
+                name: jax.tree.map(
+                    lambda old, new: jnp.where(frozen, old, new),
+                    getattr(state, name),
+                    getattr(new_state, name),
+                )
+                for name in ("energy_params", "average_params", "opt_state")
+            }
+        )
+        positions = objective.positions(new_state.objective_state)
+        traced = None if positions is None else positions[:num_traced]
+        return new_state, (metrics, traced)
+
+    return jax.lax.scan(one_step, state, length=num_steps)

@@ -14,10 +14,10 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,24 +28,25 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flowjax.distributions import AbstractDistribution
-from tqdm.auto import tqdm
 
 from numpyro_ebm._checks import positive_int
-from numpyro_ebm.datasets import Dataset, get_dataset
+from numpyro_ebm.datasets import Dataset
 from numpyro_ebm.energies import MLPEnergy, TiltedEnergy
 from numpyro_ebm.metrics import zone_weights_from_energy, zone_weights_from_samples
-from numpyro_ebm.training.checkpoint import latest_checkpoint, load_checkpoint, write_json
+from numpyro_ebm.training.checkpoint import strongly_typed, write_json
 from numpyro_ebm.training.config import TrainConfig
+from numpyro_ebm.training.data import training_data
 from numpyro_ebm.training.objectives import Objective, ObjectiveContext
+from numpyro_ebm.training.progress import EpochProgress
 from numpyro_ebm.training.run_dir import (
     CHECKPOINT_DIR,
     SETTINGS_FILE,
     check_saved_settings,
     clear_checkpoints,
+    restore_checkpoint,
     save_training_checkpoint,
 )
-from numpyro_ebm.training.run_files import read_checkpoint_meta
-from numpyro_ebm.training.step import TrainState, train_step
+from numpyro_ebm.training.step import TrainState, train_chunk
 
 __all__ = ["TrainResult", "Trainer", "train"]
 
@@ -76,33 +77,12 @@ class TrainResult(NamedTuple):
     trainer: Trainer
 
 
-def _strongly_typed(tree: Any) -> Any:
-    """Give weakly typed leaves (e.g. ``jnp.array(0)``) their strong dtype.
-
-    A checkpoint stores dtypes, not weak types: without this a resumed state would not match
-    the compiled training program and would be compiled again.
-    """
-
-    def strong(leaf):
-        if isinstance(leaf, jax.Array) and jax.typeof(leaf).weak_type:
-            return jnp.asarray(leaf, dtype=leaf.dtype)
-        return leaf
-
-    return jax.tree.map(strong, tree)
-
-
-def _resolve_dataset(dataset: Dataset | str | os.PathLike) -> tuple[Dataset, str]:
-    if isinstance(dataset, Dataset):
-        return dataset, dataset.name
-    return get_dataset(dataset), str(dataset)
-
-
 def _largest_divisor_at_most(number: int, bound: int) -> int:
     return max(d for d in range(1, max(1, min(number, bound)) + 1) if number % d == 0)
 
 
 class Trainer:
-    """Flow-assisted (or baseline) training of a tilted EBM on a dataset.
+    """Training of a tilted EBM on a dataset with any objective ([A]'s by default).
 
     Args:
         dataset: A :class:`~numpyro_ebm.datasets.Dataset`, a built-in name, or a data file path.
@@ -128,21 +108,12 @@ class Trainer:
         energy_optimizer: optax.GradientTransformation | None = None,
     ):
         self.config = TrainConfig() if config is None else config
-        self.dataset, self.dataset_spec = _resolve_dataset(dataset)
         cfg = self.config
         keys = jax.random.split(jax.random.key(cfg.seed), 5)
         self._key_energy, self._key_walkers, self._key_objective, self._key_train = keys[1:]
-        if self.dataset.data is not None:
-            data = np.asarray(self.dataset.data, dtype=np.float32)
-        else:
-            data = np.asarray(self.dataset.sample(keys[0], cfg.num_data), dtype=np.float32)
-        self.data = jnp.asarray(data)
+        run_data = training_data(dataset, keys[0], cfg.num_data, cfg.base_scale)
+        self.dataset, self.dataset_spec, self.data, self.base_scale = run_data
         self.dim = int(self.data.shape[1])
-        self.base_scale = (
-            float(cfg.base_scale)
-            if cfg.base_scale is not None
-            else float(np.sqrt(np.mean(np.square(data, dtype=np.float64))))
-        )
         energy = MLPEnergy(
             self.dim, width=cfg.energy_width, depth=cfg.energy_depth, key=self._key_energy
         )
@@ -161,49 +132,18 @@ class Trainer:
             max(1, cfg.steps_per_epoch // _PROGRESS_UPDATES_PER_EPOCH),
         )
         self.checkpoint_every = checkpoint_every
-        step_fn = self._step_fn()
-
-        def run_chunk(state, data, frozen):
-            def one_step(state, _):
-                new_state, info = step_fn(state, data)
-                # Frozen: only the objective's samples move (diagnostic chains of the final
-                # model). The
-                # selection is exact, so training runs the same numbers either way.
-                new_state = new_state._replace(
-                    **{
-                        name: jax.tree.map(
-                            lambda old, new: jnp.where(frozen, old, new),
-                            getattr(state, name),
-                            getattr(new_state, name),
-                        )
-                        for name in ("energy_params", "average_params", "opt_state")
-                    }
-                )
-                positions = self.objective.positions(new_state.objective_state)
-                traced = None if positions is None else positions[:MAX_TRACED_CHAINS]
-                return new_state, (info, traced)
-
-            return jax.lax.scan(one_step, state, length=self.chunk_size)
-
-        self._run_chunk = jax.jit(run_chunk)
-        self._total_energy = jax.jit(lambda params, x: jax.vmap(self._tilted(params))(x))
-
-    # -- building blocks ------------------------------------------------------------------
-
-    def _step_fn(self) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict]]:
-        cfg = self.config
-
-        def step(state, data):
-            return train_step(
-                state,
-                data,
+        self._run_chunk = jax.jit(
+            functools.partial(
+                train_chunk,
                 objective=self.objective,
                 optimizer=self.optimizer,
                 batch_size=cfg.batch_size,
                 ema_decay=cfg.ema_decay,
+                num_steps=self.chunk_size,
+                num_traced=MAX_TRACED_CHAINS,
             )
-
-        return step
+        )
+        self._total_energy = jax.jit(lambda params, x: jax.vmap(self._tilted(params))(x))
 
     def _tilted(self, energy_params: Any) -> TiltedEnergy:
         return TiltedEnergy.from_parts(energy_params, self.energy_static, self.base_scale)
@@ -226,9 +166,7 @@ class Trainer:
             step=jnp.zeros((), jnp.int32),
             rng_key=self._key_train,
         )
-        return _strongly_typed(state)
-
-    # -- the model ------------------------------------------------------------------------
+        return strongly_typed(state)
 
     def model_params(self, state: TrainState) -> Any:
         """The trained model's energy parameters: the moving average, or the last iterate."""
@@ -303,8 +241,6 @@ class Trainer:
             weights = zone_weights_from_samples(negatives, means)
         return np.asarray(weights, dtype=float)
 
-    # -- the loop -------------------------------------------------------------------------
-
     def fit(
         self,
         state: TrainState | None = None,
@@ -349,38 +285,24 @@ class Trainer:
             positive_int("num_epochs", num_epochs, 1)
             cfg = cfg.replace(num_epochs=num_epochs)
         time_start = time.perf_counter()
-        history: list[dict[str, Any]] = []
-        partial: dict[str, list[float]] = {}
-        checkpoint_dir = None if out_dir is None else Path(out_dir) / CHECKPOINT_DIR
         if resume and out_dir is None:
             raise ValueError("expected `out_dir` to resume from, got None")
         # Read and check everything before writing anything: a failed call leaves the run
         # directory as it was.
-        template = self.init_state() if state is None else state
-        state = template
+        state = self.init_state() if state is None else state
+        history: list[dict[str, Any]] = []
+        partial: dict[str, list[float]] = {}
         if resume:
             check_saved_settings(Path(out_dir), self.settings())
-        found = latest_checkpoint(checkpoint_dir) if resume else None
-        if resume and found is None:
-            warnings.warn(
-                f"no checkpoint in {str(checkpoint_dir)!r}: starting the run from step 0",
-                stacklevel=2,
-            )
-        if found is not None:
-            saved_step, path = found
-            state = load_checkpoint(path, template)
-            meta = read_checkpoint_meta(path.with_suffix(".json"))
-            history, partial = meta["history"], meta["partial_epoch"]
-            if int(state.step) != saved_step:
-                raise ValueError(
-                    f"{path}: expected a checkpoint at step {saved_step}, "
-                    f"got a state at step {int(state.step)}"
-                )
+            restored = restore_checkpoint(Path(out_dir), state)
+            if restored is not None:
+                state, history, partial = restored
         step = int(state.step)
         if step % self.chunk_size:
             raise ValueError(
                 f"expected a state whose step is a multiple of {self.chunk_size}, got {step}"
             )
+        checkpoint_dir = None if out_dir is None else Path(out_dir) / CHECKPOINT_DIR
         if out_dir is not None:
             if not resume:
                 clear_checkpoints(Path(out_dir))
@@ -388,45 +310,28 @@ class Trainer:
         timings = {"init_s": time.perf_counter() - time_start, "first_chunk_s": 0.0}
 
         total_steps = cfg.num_epochs * cfg.steps_per_epoch
+        progress = EpochProgress(
+            cfg.steps_per_epoch, cfg.num_epochs, history, partial, enabled=progress_bar
+        )
         time_train = time.perf_counter()
-        epoch_start = time.perf_counter()
-        bar = None
         while step < total_steps:
-            epoch = step // cfg.steps_per_epoch
-            if bar is None:
-                bar = tqdm(
-                    total=cfg.steps_per_epoch,
-                    initial=step % cfg.steps_per_epoch,
-                    desc=f"epoch {epoch + 1}/{cfg.num_epochs}",
-                    disable=not progress_bar,
-                    leave=True,
-                )
-                epoch_start = time.perf_counter()
             chunk_start = time.perf_counter()
-            state, (infos, _) = self._run_chunk(state, self.data, False)
-            infos = jax.device_get(infos)
+            state, (metrics, _) = self._run_chunk(state, self.data, False)
+            metrics = jax.device_get(metrics)
             if timings["first_chunk_s"] == 0.0:
                 timings["first_chunk_s"] = time.perf_counter() - chunk_start
             step += self.chunk_size
-            for name, values in infos.items():
-                partial.setdefault(name, []).extend(float(v) for v in values)
-            bar.update(self.chunk_size)
-            bar.set_postfix_str(_postfix(partial, None), refresh=False)
-            if step % cfg.steps_per_epoch == 0:
-                entry = self._epoch_entry(state, epoch, step, partial, epoch_start)
-                history.append(entry)
-                partial = {}
-                bar.set_postfix_str(_postfix(None, entry))
-                bar.close()
-                bar = None
+            if progress.add(step, metrics, self.chunk_size):
+                weights = self.mode_weights(state)
+                extra = {} if weights is None else {"mode_weights": [float(w) for w in weights]}
+                progress.end_epoch(step, extra)
             if checkpoint_dir is not None and (
                 step % self.checkpoint_every == 0 or step == total_steps
             ):
                 save_training_checkpoint(
-                    checkpoint_dir, state, step, history, partial, keep_checkpoints
+                    checkpoint_dir, state, step, history, progress.partial, keep_checkpoints
                 )
-        if bar is not None:
-            bar.close()
+        progress.close()
         timings["train_s"] = time.perf_counter() - time_train
         return TrainResult(
             energy=self.energy(state),
@@ -436,19 +341,6 @@ class Trainer:
             timings=timings,
             trainer=self,
         )
-
-    def _epoch_entry(self, state, epoch, step, partial, epoch_start) -> dict[str, Any]:
-        entry: dict[str, Any] = {"epoch": epoch + 1, "step": step}
-        for name, values in partial.items():
-            finite = [v for v in values if math.isfinite(v)]
-            entry[name] = float(np.mean(finite)) if finite else float("nan")
-        weights = self.mode_weights(state)
-        if weights is not None:
-            entry["mode_weights"] = [float(w) for w in weights]
-        entry["time_s"] = time.perf_counter() - epoch_start
-        return entry
-
-    # -- run directory --------------------------------------------------------------------
 
     def settings(self, num_epochs: int | None = None) -> dict[str, Any]:
         """The JSON settings of the run: config, dataset, dimension and the resolved σ.
@@ -468,26 +360,6 @@ class Trainer:
             "base_scale": self.base_scale,
             "config": config,
         }
-
-
-#: Metrics the progress bar shows, where the objective has them: name -> label.
-_POSTFIX_METRICS = {"loss": "loss", "accept_prob": "acc", "global_accept_prob": "glob"}
-
-
-def _postfix(partial: dict[str, list[float]] | None, entry: dict[str, Any] | None) -> str:
-    if entry is None:
-        assert partial is not None
-        values = {name: float(np.mean(partial[name])) for name in partial}
-    else:
-        values = entry
-    text = ", ".join(
-        f"{label} {values[name]:.{3 if name == 'loss' else 2}f}"
-        for name, label in _POSTFIX_METRICS.items()
-        if name in values
-    )
-    if entry is not None and "mode_weights" in entry:
-        text += ", w " + "/".join(f"{w:.2f}" for w in entry["mode_weights"])
-    return text
 
 
 def train(

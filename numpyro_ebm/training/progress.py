@@ -1,0 +1,107 @@
+"""The trainer's progress: a tqdm bar per epoch and the per-epoch history of metric means."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+__all__ = ["EpochProgress", "postfix"]
+
+#: Metrics the progress bar shows, where the objective has them: name -> label.
+_POSTFIX_METRICS = {"loss": "loss", "accept_prob": "acc", "global_accept_prob": "glob"}
+
+
+def postfix(values: dict[str, Any]) -> str:
+    """The bar's text: loss, acceptances and mode weights, those of ``values`` that exist.
+
+    Example:
+        >>> postfix({"loss": 0.12345, "accept_prob": 0.5, "mode_weights": [0.6, 0.4]})
+        'loss 0.123, acc 0.50, w 0.60/0.40'
+    """
+    text = ", ".join(
+        f"{label} {values[name]:.{3 if name == 'loss' else 2}f}"
+        for name, label in _POSTFIX_METRICS.items()
+        if name in values
+    )
+    if "mode_weights" in values:
+        text += ", w " + "/".join(f"{w:.2f}" for w in values["mode_weights"])
+    return text
+
+
+class EpochProgress:
+    """Collects a run's step metrics into epoch means, with a tqdm bar per epoch.
+
+    Args:
+        steps_per_epoch: Steps of an epoch.
+        num_epochs: Epochs of the run (for the bar's label).
+        history: Entries of the epochs already done (a resumed run's).
+        partial: Step metrics of the unfinished epoch (a resumed run's).
+        enabled: Show the bars.
+    """
+
+    def __init__(
+        self,
+        steps_per_epoch: int,
+        num_epochs: int,
+        history: list[dict[str, Any]],
+        partial: dict[str, list[float]],
+        enabled: bool = True,
+    ):
+        self.steps_per_epoch = steps_per_epoch
+        self.num_epochs = num_epochs
+        self.history = history
+        self.partial = partial
+        self.enabled = enabled
+        self._bar = None
+        self._epoch_start = time.perf_counter()
+
+    def add(self, step: int, metrics: dict[str, np.ndarray], num_steps: int) -> bool:
+        """Record ``num_steps`` steps' metrics that end at ``step``.
+
+        Returns:
+            Whether ``step`` ends an epoch (then call :meth:`end_epoch`).
+        """
+        if self._bar is None:
+            self._bar = tqdm(
+                total=self.steps_per_epoch,
+                initial=(step - num_steps) % self.steps_per_epoch,
+                desc=f"epoch {(step - num_steps) // self.steps_per_epoch + 1}/{self.num_epochs}",
+                disable=not self.enabled,
+                leave=True,
+            )
+            self._epoch_start = time.perf_counter()
+        for name, values in metrics.items():
+            self.partial.setdefault(name, []).extend(float(v) for v in values)
+        self._bar.update(num_steps)
+        means = {name: float(np.mean(values)) for name, values in self.partial.items()}
+        self._bar.set_postfix_str(postfix(means), refresh=False)
+        return step % self.steps_per_epoch == 0
+
+    def end_epoch(self, step: int, extra: dict[str, Any]) -> dict[str, Any]:
+        """Close the epoch ending at ``step``: append its entry to the history and return it.
+
+        The entry holds ``epoch``, ``step``, the epoch mean of each metric (over its finite
+        values), ``extra`` (e.g. ``mode_weights``) and ``time_s``.
+        """
+        entry: dict[str, Any] = {"epoch": step // self.steps_per_epoch, "step": step}
+        for name, values in self.partial.items():
+            finite = [v for v in values if math.isfinite(v)]
+            entry[name] = float(np.mean(finite)) if finite else float("nan")
+        entry.update(extra)
+        entry["time_s"] = time.perf_counter() - self._epoch_start
+        self.history.append(entry)
+        self.partial = {}
+        if self._bar is not None:
+            self._bar.set_postfix_str(postfix(entry))
+            self.close()
+        return entry
+
+    def close(self) -> None:
+        """Close the bar of an unfinished epoch."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
