@@ -1,6 +1,9 @@
 """Paper benchmark: [A]'s experiments (METHOD.md §4) with our trainer, beside [A]'s figures.
 
-For each experiment and negative sampler the script trains a tilted EBM through the trainer API
+A *method* is an objective of :mod:`numpyro_ebm.training.objectives`, and for ``pcd`` its
+negative sampler: ``flowmc`` ([A]), ``ula``, ``nt``, ``mala`` (pcd), then ``cd``,
+``short-run``, ``dsm``, ``ssm``, ``nce`` and ``coopflow`` (:data:`METHODS`). For each
+experiment and method the script trains a tilted EBM through the trainer API
 (:class:`~numpyro_ebm.training.Trainer`) in this one process, computes the experiment's metric
 and prints it next to [A]'s value for flowMC-EBM and for the baseline, the goal of the issue,
 pass/fail and the wall time (compilation, training and evaluation). It ends with the same table
@@ -22,17 +25,20 @@ Metrics (METHOD.md §4, "Metrics"):
   ULA scores 0.49 on the data box but 1.07 on it. Both values are printed.
 - ``gmm-16/32/64``: max rank-normalised split R̂ of the negatives continued with the energy
   frozen, the first 64 walkers as chains (:func:`~numpyro_ebm.training.evaluate`); goal
-  ``<= 1.01``.
+  ``<= 1.01``. Only persistent negatives (``pcd``) have chains whose mixing is a property of
+  the method; the other objectives' rows show "—" there. Every row also shows the zone-weight
+  MSE of the learned EBM (grid in 2-D, a FlowMC run on the model in higher dimension), the
+  one metric all methods share.
 
-Each (experiment, sampler) run trains epoch by epoch; ``--time-limit`` (seconds per run)
+Each (experiment, method) run trains epoch by epoch; ``--time-limit`` (seconds per run)
 stops before an epoch that would overrun it, keeping time for the evaluation (the first epoch,
 compilation included, always runs). Settings and the reason for each are in :data:`SETTINGS`.
 
 Run::
 
     .venv/bin/python benchmarks/paper.py --out runs/paper               # 2-D, flowmc and ula
-    .venv/bin/python benchmarks/paper.py --experiments gmm-16 gmm-32 --samplers flowmc
-    .venv/bin/python benchmarks/paper.py --samplers nt --time-limit 300
+    .venv/bin/python benchmarks/paper.py --experiments gmm-16 gmm-32 --methods flowmc
+    .venv/bin/python benchmarks/paper.py --methods nt cd dsm --time-limit 300
     .venv/bin/python benchmarks/paper.py --report runs/paper            # table of saved runs
 
 Compare wall times only within one run: the machines are shared and noisy.
@@ -57,10 +63,23 @@ import numpy as np
 from numpyro_ebm.datasets import get_dataset
 from numpyro_ebm.metrics import median_squared_log_density_error
 from numpyro_ebm.training import TrainConfig, Trainer, evaluate
+from numpyro_ebm.training.progress import postfix
 
 TWO_D = ["two-modes-2to1", "four-modes", "eight-gaussians", "rings"]
 HIGH_D = ["gmm-16", "gmm-32", "gmm-64"]
-SAMPLERS = ("flowmc", "ula", "nt", "mala")
+#: Method -> (objective, its settings). The four ``pcd`` methods keep their [A] names.
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "flowmc": ("pcd", {"sampler": "flowmc"}),
+    "ula": ("pcd", {"sampler": "ula"}),
+    "nt": ("pcd", {"sampler": "nt"}),
+    "mala": ("pcd", {"sampler": "mala"}),
+    "cd": ("cd", {}),
+    "short-run": ("short-run", {}),
+    "dsm": ("dsm", {}),
+    "ssm": ("ssm", {}),
+    "nce": ("nce", {}),
+    "coopflow": ("coopflow", {}),
+}
 
 #: Points per axis of the grid of the log-density error (and of the zone weights).
 GRID_POINTS = 200
@@ -72,7 +91,7 @@ GRID_POINTS = 200
 DENSITY_GRIDS = ("data", "dataset")
 
 #: What each experiment measures, [A]'s figures (METHOD.md §4) and the issue's goal.
-#: ``goal(value) -> bool``; ``paper`` maps a sampler to [A]'s value for it.
+#: ``goal(value) -> bool``; ``paper`` maps a method to [A]'s value for it.
 EXPERIMENTS: dict[str, dict[str, Any]] = {
     "two-modes-2to1": {
         "metric": "top-right weight",
@@ -118,8 +137,9 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
     },
 }
 
-#: Settings per experiment (TrainConfig fields), with the reason for each choice. ``SAMPLER``
-#: holds per-sampler changes. Epochs are an upper bound: ``--time-limit`` stops a run earlier.
+#: Settings per experiment (of the run or of its objective: those an objective lacks are
+#: skipped), with the reason for each choice. ``METHOD`` holds per-method changes. Epochs are
+#: an upper bound: ``--time-limit`` stops a run earlier.
 SETTINGS: dict[str, dict[str, Any]] = {
     "common": {
         # [A] uses 1024-8192 persistent walkers and batch 64-256. On 2 shared CPU cores a step
@@ -157,7 +177,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "gmm-16": {"num_epochs": 8, "energy_width": 128},
     "gmm-32": {"num_epochs": 8, "energy_width": 128},
     "gmm-64": {"num_epochs": 8, "energy_width": 128},
-    "SAMPLER": {
+    "METHOD": {
         "flowmc": {},
         # ULA: [A]'s step (0.125)²/2 and 5 steps per EBM step (the library defaults); only
         # the last state is a negative, as in [A]'s persistent ULA baseline.
@@ -175,13 +195,17 @@ SETTINGS: dict[str, dict[str, Any]] = {
 EVALUATION_RESERVE_S = {"2d": 20.0, "high": 90.0}
 
 
-def config_for(experiment: str, sampler: str, seed: int, overrides: dict[str, Any]) -> TrainConfig:
-    """The run's TrainConfig: common settings, the experiment's, the sampler's, then overrides."""
+def config_for(experiment: str, method: str, seed: int, overrides: dict[str, Any]) -> TrainConfig:
+    """The run's TrainConfig: common settings, the experiment's, the method's, then overrides.
+
+    Common and experiment settings that the method's objective lacks (e.g. ``num_walkers`` for
+    ``dsm``) are skipped; the method's own settings and ``overrides`` must all apply.
+    """
+    objective, own = METHODS[method]
     settings = dict(SETTINGS["common"])
     settings.update(SETTINGS[experiment])
-    settings.update(SETTINGS["SAMPLER"].get(sampler, {}))
-    settings.update(overrides)
-    return TrainConfig(sampler=sampler, seed=seed, **settings)
+    config = TrainConfig(objective=objective, seed=seed).with_settings(strict=False, **settings)
+    return config.with_settings(**own, **SETTINGS["METHOD"].get(method, {}), **overrides)
 
 
 def data_box(data: np.ndarray) -> tuple[tuple[float, float], ...]:
@@ -199,17 +223,17 @@ def metric_value(experiment: str, report: dict[str, Any], density_grid: str) -> 
         if density_grid == "data":
             return report["median_sq_log_density_error_data_box"]
         return report["median_sq_log_density_error_dataset_bounds"]
-    return report["negatives_max_rhat"]
+    return report.get("negatives_max_rhat", float("nan"))
 
 
-def run_one(experiment: str, sampler: str, args, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Train one (experiment, sampler) under the time guard and evaluate it."""
+def run_one(experiment: str, method: str, args, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Train one (experiment, method) under the time guard and evaluate it."""
     start = time.perf_counter()
-    config = config_for(experiment, sampler, args.seed, overrides)
+    config = config_for(experiment, method, args.seed, overrides)
     dataset = get_dataset(experiment)
     trainer = Trainer(dataset, config)
     reserve = EVALUATION_RESERVE_S["2d" if trainer.dim == 2 else "high"]
-    out_dir = Path(args.out) / f"{experiment}_{sampler}"
+    out_dir = Path(args.out) / f"{experiment}_{method}"
     state, history, epoch_s = None, [], 0.0
     for epoch in range(1, config.num_epochs + 1):
         # Stop before an epoch that would overrun the guard (one epoch's time as the estimate).
@@ -225,13 +249,9 @@ def run_one(experiment: str, sampler: str, args, overrides: dict[str, Any]) -> d
         epoch_s = time.perf_counter() - epoch_start
         if args.verbose:
             entry = result.history[-1]
-            weights = entry.get("mode_weights")
-            weights = "" if weights is None else " w=" + ",".join(f"{w:.3f}" for w in weights)
             print(
-                f"  [{experiment}/{sampler}] epoch {epoch} step {entry['step']}"
-                f" gap={entry['energy_gap']:+.3f} acc={entry['accept_prob']:.2f}"
-                f" gacc={entry.get('global_accept_prob', float('nan')):.2f}{weights}"
-                f" {time.perf_counter() - start:.0f}s",
+                f"  [{experiment}/{method}] epoch {epoch} step {entry['step']} "
+                f"{postfix(entry)} {time.perf_counter() - start:.0f}s",
                 flush=True,
             )
     train_s = time.perf_counter() - start
@@ -256,15 +276,16 @@ def run_one(experiment: str, sampler: str, args, overrides: dict[str, Any]) -> d
     spec = EXPERIMENTS[experiment]
     row = {
         "experiment": experiment,
-        "sampler": sampler,
+        "method": method,
         "metric": spec["metric"],
         "paper_flowmc": spec["paper"]["flowmc"],
-        "paper_this": spec["paper"].get(sampler, float("nan")),
+        "paper_this": spec["paper"].get(method, float("nan")),
         "ours": value,
         "goal": spec["goal_text"],
         "pass": bool(np.isfinite(value) and spec["goal"](value)),
         "density_grid": args.density_grid,
         "other_grid": other,
+        "weight_mse": report.get("zone_weight_mse", float("nan")),
         "steps": int(state.step),
         "train_s": train_s,
         "wall_s": wall_s,
@@ -286,12 +307,12 @@ def _fmt(value: float) -> str:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     """Plain table while running, then the same as Markdown."""
-    head = ["experiment", "sampler", "metric", "[A] flowMC", "[A] this", "ours", "goal",
-            "pass", "ours, other grid", "steps", "wall s"]  # fmt: skip
+    head = ["experiment", "method", "metric", "[A] flowMC", "[A] this", "ours", "goal",
+            "pass", "ours, other grid", "EBM zone-weight MSE", "steps", "wall s"]  # fmt: skip
     cells = [
         [
             r["experiment"],
-            r["sampler"],
+            r["method"],
             r["metric"],
             _fmt(r["paper_flowmc"]),
             _fmt(r["paper_this"]),
@@ -299,6 +320,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             r["goal"],
             "pass" if r["pass"] else "FAIL",
             _fmt(r.get("other_grid")),
+            _fmt(r.get("weight_mse", float("nan"))),
             str(r["steps"]),
             f"{r['wall_s']:.0f}",
         ]
@@ -317,7 +339,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def rows_from(
-    directory: Path, experiments: list[str], samplers: list[str], density_grid: str
+    directory: Path, experiments: list[str], methods: list[str], density_grid: str
 ) -> list[dict[str, Any]]:
     """Rows of the runs saved under ``directory``, in the order of the arguments.
 
@@ -325,8 +347,8 @@ def rows_from(
     """
     rows = []
     for experiment in experiments:
-        for sampler in samplers:
-            path = directory / f"{experiment}_{sampler}" / "benchmark.json"
+        for method in methods:
+            path = directory / f"{experiment}_{method}" / "benchmark.json"
             if not path.exists():
                 continue
             row = json.loads(path.read_text())
@@ -342,11 +364,11 @@ def rows_from(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiments", nargs="+", default=TWO_D, choices=TWO_D + HIGH_D)
-    parser.add_argument("--samplers", nargs="+", default=["flowmc", "ula"], choices=SAMPLERS)
+    parser.add_argument("--methods", nargs="+", default=["flowmc", "ula"], choices=METHODS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="directory for run outputs (default: temp)")
     parser.add_argument(
-        "--time-limit", type=float, default=600.0, help="seconds per (experiment, sampler) run"
+        "--time-limit", type=float, default=600.0, help="seconds per (experiment, method) run"
     )
     parser.add_argument(
         "--set",
@@ -370,9 +392,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.report is not None:
-        print_table(
-            rows_from(Path(args.report), args.experiments, args.samplers, args.density_grid)
-        )
+        print_table(rows_from(Path(args.report), args.experiments, args.methods, args.density_grid))
         return
     if args.out is None:
         args.out = tempfile.mkdtemp(prefix="paper_benchmark_")
@@ -383,8 +403,8 @@ def main() -> None:
     print(f"outputs in {args.out}", flush=True)
     rows = []
     for experiment in args.experiments:
-        for sampler in args.samplers:
-            row = run_one(experiment, sampler, args, overrides)
+        for method in args.methods:
+            row = run_one(experiment, method, args, overrides)
             rows.append(row)
             rep = row["report"]
             extra = ""
@@ -394,7 +414,7 @@ def main() -> None:
             if "mode_weights" in rep:
                 extra += " weights=" + ",".join(f"{w:.3f}" for w in rep["mode_weights"])
             print(
-                f"{experiment:<16} {sampler:<6} {row['metric']}: {_fmt(row['ours'])}"
+                f"{experiment:<16} {method:<9} {row['metric']}: {_fmt(row['ours'])}"
                 f" [A] {_fmt(row['paper_this'])} goal {row['goal']}"
                 f" {'pass' if row['pass'] else 'FAIL'} steps={row['steps']}"
                 f" wall={row['wall_s']:.0f}s{extra}",

@@ -127,8 +127,18 @@ if FAST:
     )
 else:
     shared = dict(num_epochs=25, steps_per_epoch=100)
-configs = {sampler: TrainConfig(sampler=sampler, **shared) for sampler in ("flowmc", "ula")}
-display(pd.DataFrame({name: config.to_dict() for name, config in configs.items()}))
+configs = {
+    sampler: TrainConfig().with_settings(sampler=sampler, **shared) for sampler in ("flowmc", "ula")
+}
+# The run's settings, then those of its objective (pcd: persistent contrastive ML).
+display(
+    pd.DataFrame(
+        {
+            name: {**config.to_dict(), "objective": "pcd", **config.objective.to_dict()}
+            for name, config in configs.items()
+        }
+    )
+)
 
 # %%
 results = {}

@@ -83,7 +83,7 @@ print(f"fast mode: {FAST}; devices: {jax.devices()}")
 # %%
 dataset = get_dataset("two-modes-2to1")
 if FAST:
-    config = TrainConfig(
+    config = TrainConfig().with_settings(
         num_epochs=2,
         steps_per_epoch=150,
         num_walkers=128,

@@ -120,7 +120,7 @@ runs = {}
 for dim in DIMS:
     for sampler in SAMPLERS:
         start = time.perf_counter()
-        trainer = Trainer(f"gmm-{dim}", TrainConfig(sampler=sampler, **shared))
+        trainer = Trainer(f"gmm-{dim}", TrainConfig().with_settings(sampler=sampler, **shared))
         result = trainer.fit(progress_bar=False)
         chains = trainer.negative_chains(result.state, NUM_CHAIN_STEPS)  # (64, steps, d)
         runs[dim, sampler] = {"result": result, "chains": chains}
