@@ -199,12 +199,19 @@ def plot_mode_weights(
     return _save(fig, path)
 
 
+#: History keys that are not per-step metrics.
+_NOT_METRICS = ("epoch", "step", "time_s", "mode_weights", "loss")
+
+
 def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
-    """Plot the loss and the acceptance rates per epoch.
+    """Plot the loss and the objective's other metrics per epoch.
+
+    The right panel shows the rates in ``[0, 1]`` the objective records (acceptance
+    probabilities, classification accuracy) or, without any, its other metrics.
 
     Args:
-        history: Per-epoch dicts with ``"epoch"``, ``"loss"``, ``"accept_prob"`` and
-            ``"global_accept_prob"``.
+        history: Per-epoch dicts with ``"epoch"``, ``"loss"`` and the objective's metrics
+            (for ``pcd``: ``"accept_prob"``, ``"global_accept_prob"``, ...).
         path: PNG file to write.
 
     Returns:
@@ -219,15 +226,20 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathL
     """
     epochs = [entry["epoch"] for entry in history]
     fig = Figure(figsize=(9, 3.5))
-    ax_loss, ax_acc = fig.subplots(1, 2)
+    ax_loss, ax_other = fig.subplots(1, 2)
     ax_loss.plot(epochs, [entry["loss"] for entry in history], marker="o", ms=3)
     ax_loss.axhline(0.0, color="gray", lw=0.5)
     ax_loss.set_xlabel("epoch")
-    ax_loss.set_title("loss: mean E(x⁺) − mean E(x⁻)")
-    for name, label in (("accept_prob", "local (MALA)"), ("global_accept_prob", "global (flow)")):
-        ax_acc.plot(epochs, [entry[name] for entry in history], marker="o", ms=3, label=label)
-    ax_acc.set_ylim(0, 1)
-    ax_acc.set_xlabel("epoch")
-    ax_acc.set_title("acceptance")
-    ax_acc.legend(fontsize="small")
+    ax_loss.set_title("loss")
+    names = [name for name in (history[0] if history else {}) if name not in _NOT_METRICS]
+    rates = [name for name in names if name.endswith(("accept_prob", "accuracy"))]
+    for name in rates or names:
+        values = [entry.get(name, float("nan")) for entry in history]
+        ax_other.plot(epochs, values, marker="o", ms=3, label=name)
+    if rates:
+        ax_other.set_ylim(0, 1)
+    ax_other.set_xlabel("epoch")
+    ax_other.set_title("rates" if rates else "metrics")
+    if names:
+        ax_other.legend(fontsize="small")
     return _save(fig, path)

@@ -1,7 +1,8 @@
 """Training of tilted energy-based models with any objective, and its run directories.
 
 - :mod:`~numpyro_ebm.training.objectives`: the objectives behind one interface, ``pcd`` ([A]'s
-  flow-assisted contrastive maximum likelihood and its baselines) and the rest of the family.
+  flow-assisted contrastive maximum likelihood and its baselines), ``cd``, ``short-run``,
+  ``coopflow`` and the rest of the family.
 - :mod:`~numpyro_ebm.training.negatives`: the negative samplers of ``pcd``: ``flowmc`` (the
   paper's), ``ula``, ``mala`` and ``nt``.
 - :mod:`~numpyro_ebm.training.config`: :class:`TrainConfig`.
@@ -34,11 +35,17 @@ from numpyro_ebm.training.negatives import (
     ula_sampler,
 )
 from numpyro_ebm.training.objectives import (
+    CD,
+    DSM,
+    NCE,
     OBJECTIVES,
     PCD,
+    SSM,
+    CoopFlow,
     Objective,
     ObjectiveContext,
     ObjectiveSettings,
+    ShortRun,
     ebm_loss,
 )
 from numpyro_ebm.training.sampling import sample_energy, sample_run
@@ -46,14 +53,20 @@ from numpyro_ebm.training.step import TrainState, train_step
 from numpyro_ebm.training.trainer import Trainer, TrainResult, train
 
 __all__ = [
+    "CD",
+    "DSM",
+    "NCE",
     "NEGATIVE_SAMPLERS",
     "OBJECTIVES",
     "PCD",
+    "SSM",
+    "CoopFlow",
     "NegativeInfo",
     "NegativeSampler",
     "Objective",
     "ObjectiveContext",
     "ObjectiveSettings",
+    "ShortRun",
     "TrainConfig",
     "TrainResult",
     "TrainState",
