@@ -157,3 +157,29 @@ def test_python_dash_m_entry_point():
         check=True,
     )
     assert "train" in completed.stdout and "sample" in completed.stdout
+
+
+def test_train_with_another_objective_and_set(tmp_path):
+    out = tmp_path / "dsm"
+    argv = ["train", "two-modes-2to1", "--fast", "--out", str(out), "--no-progress"]
+    assert main([*argv, "--objective", "dsm", "--set", "noise_scale=0.2"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["config"]["objective"] == {
+        "name": "dsm",
+        "noise_scale": 0.2,
+        "num_noise_levels": 1,
+        "min_noise_scale": 0.01,
+    }
+    # Score matching keeps no negatives: no chains to diagnose, no samples to save.
+    assert "negatives_max_rhat" not in report["metrics"]
+    assert not (out / "negatives.npy").exists()
+    assert (out / "training.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_an_option_the_objective_does_not_have_is_an_error(tmp_path, capsys):
+    argv = ["train", "two-modes-2to1", "--fast", "--out", str(tmp_path), "--objective", "dsm"]
+    assert main([*argv, "--walkers", "64"]) == 2
+    assert "num_walkers" in capsys.readouterr().err
+    assert main([*argv, "--set", "noise_scale"]) == 2
+    assert "NAME=VALUE" in capsys.readouterr().err
+    assert not (tmp_path / "settings.json").exists()  # nothing written before the error
