@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["EpochProgress", "postfix"]
+__all__ = ["EpochProgress", "postfix", "runaway_message"]
+
+#: A loss beyond this magnitude means the energy is running away (the 2-D experiments' losses
+#: stay within ±10; a runaway energy passes 1e6 within a few hundred steps and then overflows).
+RUNAWAY_LOSS = 1e6
 
 #: Metrics the progress bar shows, where the objective has them: name -> label.
 _POSTFIX_METRICS = {"loss": "loss", "accept_prob": "acc", "global_accept_prob": "glob"}
@@ -30,6 +35,26 @@ def postfix(values: dict[str, Any]) -> str:
     if "mode_weights" in values:
         text += ", w " + "/".join(f"{w:.2f}" for w in values["mode_weights"])
     return text
+
+
+def runaway_message(epoch: int, losses: list[float]) -> str | None:
+    """What to tell the user when an epoch's losses show a runaway energy, else ``None``.
+
+    Example:
+        >>> runaway_message(3, [0.1, float("nan")])[:40]
+        'epoch 3: the loss was not finite at 1 of'
+        >>> runaway_message(3, [0.1, -0.2]) is None
+        True
+    """
+    bad = sum(not (math.isfinite(v) and abs(v) <= RUNAWAY_LOSS) for v in losses)
+    if not bad:
+        return None
+    return (
+        f"epoch {epoch}: the loss was not finite at {bad} of {len(losses)} steps, or beyond "
+        f"{RUNAWAY_LOSS:g} in magnitude: the energy is running away. An L2 penalty on the "
+        "energies (`l2_penalty=0.1`, where the objective has one) or a smaller "
+        "`learning_rate` usually keeps it bounded."
+    )
 
 
 class EpochProgress:
@@ -58,6 +83,7 @@ class EpochProgress:
         self.enabled = enabled
         self._bar = None
         self._epoch_start = time.perf_counter()
+        self._warned = False
 
     def add(self, step: int, metrics: dict[str, np.ndarray], num_steps: int) -> bool:
         """Record ``num_steps`` steps' metrics that end at ``step``.
@@ -85,9 +111,14 @@ class EpochProgress:
         """Close the epoch ending at ``step``: append its entry to the history and return it.
 
         The entry holds ``epoch``, ``step``, the epoch mean of each metric (over its finite
-        values), ``extra`` (e.g. ``mode_weights``) and ``time_s``.
+        values), ``extra`` (e.g. ``mode_weights``) and ``time_s``. The first epoch whose loss
+        shows a runaway energy (:func:`runaway_message`) gives a warning.
         """
         entry: dict[str, Any] = {"epoch": step // self.steps_per_epoch, "step": step}
+        message = runaway_message(entry["epoch"], self.partial.get("loss", []))
+        if message is not None and not self._warned:
+            self._warned = True
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
         for name, values in self.partial.items():
             finite = [v for v in values if math.isfinite(v)]
             entry[name] = float(np.mean(finite)) if finite else float("nan")
