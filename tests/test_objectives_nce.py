@@ -1,6 +1,6 @@
 """The noise-contrastive objective ``nce`` (flow as the noise, trained alongside).
 
-Recovery tests fit the Gaussian EBM of ``test_objectives_score.py`` (with its constant ``c``)
+Recovery tests fit the Gaussian EBM of ``_objectives`` (with its constant ``c``)
 to fresh draws of ``N(μ, Σ)`` and check that NCE recovers μ, Σ *and* the log normaliser: a
 normalised model needs ``c = log ∫ exp(-E₀) ρ``, known in closed form (:func:`true_constant`).
 The same run with the loss negated must fail the same check. Contract tests cover the loss's
@@ -16,16 +16,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _targets import GAUSS_COV, GAUSS_MEAN, gaussian_draws
-from test_objectives_score import (
+from _objectives import (
     ENERGY,
     NO_WALKERS,
+    PARAMS,
     assert_same_key_same_result,
     assert_trainer_resumes_exactly,
     check_errors,
     fit,
     moment_errors,
 )
+from _targets import GAUSS_COV, GAUSS_MEAN, gaussian_draws
 
 from numpyro_ebm.training import NCE, OBJECTIVES, TrainConfig
 from numpyro_ebm.training.objectives import ObjectiveContext, objective_settings
@@ -135,12 +136,11 @@ def _small_objective(flow_objective):
 def test_flow_step_descends_its_loss(flow_objective):
     # One Adam step (lr 1e-3) on the flow: its own loss, on the same noise key and data, falls.
     objective = _small_objective(flow_objective)
-    params, _ = eqx.partition(ENERGY, eqx.is_array)
     x = gaussian_draws(jax.random.key(1), 8)
-    state = objective.init(jax.random.key(2), NO_WALKERS, params)
+    state = objective.init(jax.random.key(2), NO_WALKERS, PARAMS)
     prepare = jax.jit(objective.prepare)
-    new_state, _, metrics = prepare(state, params, x)
-    _, _, again = prepare(new_state._replace(rng_key=state.rng_key), params, x)
+    new_state, _, metrics = prepare(state, PARAMS, x)
+    _, _, again = prepare(new_state._replace(rng_key=state.rng_key), PARAMS, x)
     assert float(again["flow_loss"]) < float(metrics["flow_loss"])
 
 
@@ -172,7 +172,7 @@ def test_settings_round_trip():
 def test_same_key_same_result_and_interface():
     objective = _small_objective("fce")
     x = gaussian_draws(jax.random.key(6), 8)
-    initial_state, (state, batch, _) = assert_same_key_same_result(objective, x)
+    (initial_state, (state, batch, _)), _ = assert_same_key_same_result(objective, x)
     negatives, negative_log_q, positive_log_q = batch
     assert negatives.shape == (NCE(noise_ratio=1.5).num_noise(8), 2) == (12, 2)
     assert negative_log_q.shape == (12,) and positive_log_q.shape == (8,)

@@ -1,14 +1,16 @@
 """The Langevin-chain objectives ``cd``, ``short-run`` and ``coopflow``.
 
-Recovery tests train a Gaussian EBM ``E_θ(x) = ½ (x - m)ᵀ P (x - m)`` on fresh draws of a known
-2-D Gaussian ``N(μ, Σ)`` (infinite data: no finite-sample bias) with each objective's
-``prepare`` and ``loss`` in one jitted ``lax.scan`` and check what the method must get right,
-from its fixed point of learning; the same run with the loss negated must fail the same check.
+Recovery tests train the Gaussian EBM ``E_θ(x) = ½ (x - m)ᵀ P (x - m) + c`` of ``_objectives``
+(these losses leave ``c`` at 0) on fresh draws of a known 2-D Gaussian ``N(μ, Σ)`` (infinite
+data: no finite-sample bias) with each objective's ``prepare`` and ``loss`` in one jitted
+``lax.scan`` and check what the method must get right, from its fixed point of learning; the
+same run with the loss negated must fail the same check.
 Contract tests cover settings, keys, state semantics, and a 2-step run through
 :class:`~numpyro_ebm.training.Trainer` with exact resume.
 
 The tilted model is ``exp(-E_θ) ρ`` with ``ρ = N(0, σ² I)``: its precision is
-``P + I/σ²`` and its mean ``(P + I/σ²)⁻¹ P m``, both accounted for exactly below.
+``P + I/σ²`` and its mean ``(P + I/σ²)⁻¹ P m``, both accounted for exactly
+(``_objectives.model_moments``).
 
 [C] Nijkamp, Hill, Zhu, Wu, *Learning Non-Convergent Non-Persistent Short-Run MCMC Toward
 Energy-Based Model*, NeurIPS (2019).
@@ -24,8 +26,14 @@ import numpy as np
 import optax
 import pytest
 import scipy.optimize
+from _objectives import (
+    QuadraticEnergy,
+    assert_same_key_same_result,
+    assert_trainer_resumes_exactly,
+    model_moments,
+)
 
-from numpyro_ebm.training import CD, OBJECTIVES, CoopFlow, ShortRun, TrainConfig, Trainer
+from numpyro_ebm.training import CD, OBJECTIVES, CoopFlow, ShortRun, TrainConfig
 from numpyro_ebm.training.objectives import ObjectiveContext, objective_settings
 
 MU = np.array([1.0, -0.5])
@@ -46,31 +54,8 @@ TOL_FLOW = 0.4
 SEED = 0
 
 
-class QuadraticEnergy(eqx.Module):
-    """``E(x) = ½ (x - mean)ᵀ P (x - mean)``, ``P = L Lᵀ + jitter I`` with ``L = tril(factor)``."""
-
-    mean: jax.Array
-    factor: jax.Array
-
-    def precision(self):
-        lower = jnp.tril(self.factor)
-        return lower @ lower.T + JITTER * jnp.eye(2)
-
-    def __call__(self, x):
-        residual = x - self.mean
-        return 0.5 * residual @ self.precision() @ residual
-
-
-ENERGY = QuadraticEnergy(jnp.zeros(2), jnp.eye(2))
+ENERGY = QuadraticEnergy.start(JITTER)
 PARAMS, STATIC = eqx.partition(ENERGY, eqx.is_array)
-
-
-def tilted_moments(params):
-    """Mean and covariance of the tilted model ``exp(-E_θ) ρ``."""
-    precision = np.asarray(eqx.combine(params, STATIC).precision(), np.float64)
-    total = precision + np.eye(2) / BASE_SCALE**2
-    cov = np.linalg.inv(total)
-    return cov @ precision @ np.asarray(params.mean, np.float64), cov
 
 
 def ula_fixed_point(start_mean, start_cov, num_steps, step_size):
@@ -215,7 +200,8 @@ def _errors(name, sign):
         "negatives": (_max_error((negatives_mean, negatives_cov), (MU, SIGMA)), TOL_NEGATIVES)
     }
     if case.model_target is not None:
-        errors["model"] = (_max_error(tilted_moments(params), case.model_target), TOL_MODEL)
+        moments = model_moments(eqx.combine(params, STATIC), BASE_SCALE)  # the tilted model's
+        errors["model"] = (_max_error(moments, case.model_target), TOL_MODEL)
     if case.check_flow:
         draws = np.asarray(objective.get_flow(state).sample(jax.random.key(1), (4096,)))
         # 4096 draws: the Monte-Carlo error of their moments is ~0.03, well within TOL_FLOW.
@@ -300,29 +286,13 @@ def _build(name, batch_size=8):
     return objective, walkers
 
 
-def _leaves(tree):
-    return [
-        np.asarray(
-            jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
-        )
-        for x in jax.tree.leaves(tree)
-    ]
-
-
 @pytest.mark.parametrize("name", list(SMALL))
 def test_same_key_same_result_other_key_other_negatives(name):
     objective, walkers = _build(name)
     positives = jnp.asarray(MU + np.random.default_rng(0).normal(size=(8, 2)))
-    prepare = jax.jit(objective.prepare)
-
-    def run(key):
-        state = objective.init(key, walkers, PARAMS)
-        state, negatives, metrics = prepare(state, PARAMS, positives)
-        return state, negatives, metrics
-
-    first, again, other = run(jax.random.key(1)), run(jax.random.key(1)), run(jax.random.key(2))
-    for a, b in zip(_leaves(first), _leaves(again), strict=True):
-        np.testing.assert_array_equal(a, b)
+    (_, first), (_, other) = assert_same_key_same_result(
+        objective, positives, params=PARAMS, walkers=walkers, seeds=(1, 2)
+    )
     assert not np.allclose(first[1], other[1])
     state, negatives, metrics = first
     assert negatives.shape == (8, 2)  # batch_size for cd, num_negatives for the others
@@ -401,36 +371,10 @@ def test_coopflow_fits_its_flow_on_the_revised_draws():
 
 # ---------------------------------------------------------------- through the trainer
 
-# A 2-step run of each objective with the trainer's smallest settings (tests/test_training.py).
-TRAINER_SETTINGS = dict(
-    num_epochs=2,
-    steps_per_epoch=1,
-    batch_size=16,
-    energy_width=8,
-    energy_depth=1,
-    num_data=256,
-    grid_points=20,
-    checkpoint_every=1,
-)
-
 
 @pytest.mark.parametrize("name", list(SMALL))
 def test_trainer_runs_and_resumes_exactly(name, tmp_path):
-    config = TrainConfig(objective=SMALL[name], **TRAINER_SETTINGS)
-    trainer = Trainer("two-modes-2to1", config)
-    full = trainer.fit(out_dir=tmp_path / "full", progress_bar=False)
-    trainer.fit(out_dir=tmp_path / "split", progress_bar=False, num_epochs=1)
-    resumed = Trainer("two-modes-2to1", config).fit(
-        out_dir=tmp_path / "split", resume=True, progress_bar=False
-    )
-    for a, b in zip(_leaves(full.state), _leaves(resumed.state), strict=True):
-        np.testing.assert_array_equal(a, b)
-
-    def without_times(history):
-        return [{k: v for k, v in entry.items() if k != "time_s"} for entry in history]
-
-    assert without_times(resumed.history) == without_times(full.history)
-    assert int(full.state.step) == 2
+    full = assert_trainer_resumes_exactly(SMALL[name], tmp_path)
     last = full.history[-1]
     expected = {"epoch", "step", "loss", "energy_gap", "accept_prob"}
     assert expected | ({"flow_loss"} if name == "coopflow" else set()) <= set(last)

@@ -9,11 +9,9 @@ Contract tests cover settings, keys, hand values, and a 2-step run through
 :class:`~numpyro_ebm.training.Trainer` with exact resume.
 
 The model is ``exp(-E_θ) ρ`` with ``ρ = N(0, σ_ρ² I)``: its precision is ``P + I/σ_ρ²`` and
-its mean ``(P + I/σ_ρ²)⁻¹ P m``, both accounted for exactly (:func:`model_moments`).
-
-The helpers here (:class:`QuadraticEnergy`, :func:`fit`, :func:`check_errors`,
-:func:`assert_same_key_same_result`, :func:`assert_trainer_resumes_exactly`) also serve
-``test_objectives_nce.py``.
+its mean ``(P + I/σ_ρ²)⁻¹ P m``, both accounted for exactly (``_objectives.model_moments``).
+The energy, the recovery runs (``_objectives.fit``) and the checks are shared with
+``test_objectives_nce.py`` through ``_objectives``.
 """
 
 import functools
@@ -23,156 +21,31 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-from _targets import GAUSS_COV, GAUSS_MEAN, gaussian_draws
-from _trees import leaves_equal
+from _objectives import (
+    ENERGY,
+    NO_WALKERS,
+    assert_same_key_same_result,
+    assert_trainer_resumes_exactly,
+    check_errors,
+    fit,
+    moment_errors,
+)
+from _targets import GAUSS_COV, gaussian_draws
 
 from numpyro_ebm.energies import MLPEnergy, TiltedEnergy
-from numpyro_ebm.training import DSM, OBJECTIVES, SSM, TrainConfig, Trainer
+from numpyro_ebm.training import DSM, OBJECTIVES, SSM, TrainConfig
 from numpyro_ebm.training.objectives import ObjectiveContext, objective_settings
 
 # A wide tilt: it adds I/σ_ρ² = 1e-4 I to the model's precision (accounted for exactly).
 BASE_SCALE = 100.0
-JITTER = 1e-6  # keeps P = L Lᵀ + jitter I positive definite; part of P, so exact too
-SEED = 0
+# The recovery runs are `_objectives.fit`'s: seed 0, 1000 Adam steps on batches of 512.
 # Tolerance of the recovery checks: largest absolute error of the model's mean, and largest
 # absolute error of its covariance relative to the target's largest entry. Origin: these exact
 # runs over seeds 0-11 (36 runs: dsm, multi-noise dsm, ssm) gave at most 0.012 and 0.020;
 # 0.05 is 2.5 times that, and far below the controls' errors (wrong noise scale: 3.0,
 # negated loss: diverges) and the gap between the smoothed and the data covariance (0.20).
 TOL = 0.05
-# Recovery runs: fresh batches of 512 draws, Adam with cosine decay from 5e-2 to 5e-4.
-NUM_STEPS, BATCH_SIZE, LEARNING_RATE = 1000, 512, 5e-2
-
-
-class QuadraticEnergy(eqx.Module):
-    """``E(x) = ½ (x - mean)ᵀ P (x - mean) + constant``, ``P = L Lᵀ + jitter I``."""
-
-    mean: jax.Array
-    factor: jax.Array
-    constant: jax.Array
-
-    def precision(self):
-        lower = jnp.tril(self.factor)
-        return lower @ lower.T + JITTER * jnp.eye(lower.shape[0])
-
-    def __call__(self, x):
-        residual = x - self.mean
-        return 0.5 * residual @ self.precision() @ residual + self.constant
-
-
-ENERGY = QuadraticEnergy(jnp.zeros(2), jnp.eye(2), jnp.zeros(()))
-NO_WALKERS = jnp.zeros((0, 2))  # what `init` gets when `num_walkers == 0`
-
-
-def model_moments(energy, base_scale):
-    """Mean and covariance of the tilted model ``exp(-E) ρ`` (float64)."""
-    precision = np.asarray(energy.precision(), np.float64)
-    cov = np.linalg.inv(precision + np.eye(2) / base_scale**2)
-    return cov @ precision @ np.asarray(energy.mean, np.float64), cov
-
-
-@functools.cache
-def _compiled_fit(settings, base_scale, num_steps, batch_size, learning_rate, broken):
-    """The jitted ``run(params, sign)`` of :func:`fit`; the sign is traced, so a run and its
-    negated-loss control share one compilation."""
-    objective = settings.build(ObjectiveContext(ENERGY, 2, base_scale, batch_size))
-    if broken is not None:
-        objective = broken(objective)
-    optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, num_steps, 0.01))
-    key_objective, key_steps = jax.random.split(jax.random.key(SEED))
-
-    @jax.jit
-    def run(params, sign):
-        def loss(params, positives, batch):
-            return jax.tree.map(lambda v: sign * v, objective.loss(params, positives, batch))
-
-        def step(carry, key):
-            params, opt_state, state = carry
-            positives = gaussian_draws(key, batch_size)
-            state, batch, _ = objective.prepare(state, params, positives)
-            grads, _ = jax.grad(loss, has_aux=True)(params, positives, batch)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state, state), None
-
-        init = (params, optimizer.init(params), objective.init(key_objective, NO_WALKERS, params))
-        (params, _, state), _ = jax.lax.scan(step, init, jax.random.split(key_steps, num_steps))
-        return params, state
-
-    return run
-
-
-def fit(
-    settings,
-    *,
-    base_scale=BASE_SCALE,
-    num_steps=NUM_STEPS,
-    batch_size=BATCH_SIZE,
-    learning_rate=LEARNING_RATE,
-    broken=None,
-    sign=1.0,
-):
-    """Train :data:`ENERGY` with an objective on fresh draws of N(μ, Σ); one jitted scan.
-
-    Args:
-        settings: The objective's settings.
-        base_scale: σ_ρ of the tilt.
-        num_steps: Adam steps.
-        batch_size: Data points per step.
-        learning_rate: Initial learning rate (cosine decay to 1% of it).
-        broken: ``objective -> objective``, a deliberate error (a control).
-        sign: -1 negates the loss (the negated-loss control).
-
-    Returns:
-        The trained energy and the objective's final state.
-    """
-    run = _compiled_fit(settings, base_scale, num_steps, batch_size, learning_rate, broken)
-    params, static = eqx.partition(ENERGY, eqx.is_array)
-    params, state = run(params, jnp.asarray(sign, jnp.float32))
-    return eqx.combine(params, static), state
-
-
-def moment_errors(energy, base_scale, target_cov, target_mean=GAUSS_MEAN):
-    """The checked errors of a model: mean (absolute) and covariance (relative)."""
-    mean, cov = model_moments(energy, base_scale)
-    return {
-        "mean": float(np.max(np.abs(mean - target_mean))),
-        "cov": float(np.max(np.abs(cov - target_cov)) / np.max(np.abs(target_cov))),
-    }
-
-
-def check_errors(errors, tolerances):
-    """Whether every error is finite and within its tolerance (NaN fails)."""
-    return all(bool(errors[name] <= tolerance) for name, tolerance in tolerances.items())
-
-
-def assert_trainer_resumes_exactly(settings, tmp_path):
-    """Two 1-step epochs through the Trainer: finite loss, and a run stopped after the first
-    epoch then resumed from its checkpoint ends exactly as the uninterrupted one."""
-    config = TrainConfig(
-        objective=settings,
-        num_epochs=2,
-        steps_per_epoch=1,
-        batch_size=16,
-        energy_width=8,
-        energy_depth=1,
-        num_data=256,
-        grid_points=20,
-    )
-    trainer = Trainer("two-modes-2to1", config)
-    full = trainer.fit(out_dir=tmp_path / "full", progress_bar=False)
-    trainer.fit(out_dir=tmp_path / "split", progress_bar=False, num_epochs=1)
-    resumed = trainer.fit(out_dir=tmp_path / "split", resume=True, progress_bar=False)
-    assert int(full.state.step) == 2
-    assert all(np.isfinite(entry["loss"]) for entry in full.history)
-    assert leaves_equal(full.state, resumed.state)
-
-    def without_times(history):
-        return [{k: v for k, v in entry.items() if k != "time_s"} for entry in history]
-
-    assert without_times(resumed.history) == without_times(full.history)
-    return full
 
 
 # ---------------------------------------------------------------- recovery: dsm
@@ -193,7 +66,7 @@ def _effective_variance(weights):
 
 @functools.cache
 def _dsm_fit(broken=None, sign=1.0):
-    return fit(DSM(noise_scale=DSM_SCALE), broken=broken, sign=sign)[0]
+    return fit(DSM(noise_scale=DSM_SCALE), base_scale=BASE_SCALE, broken=broken, sign=sign)[0]
 
 
 def _report_sigma_twice(objective):
@@ -223,7 +96,7 @@ def test_dsm_controls_fail_the_same_check(control):
 
 
 def test_multi_noise_dsm_recovers_the_sigma_squared_weighted_fit():
-    energy, _ = fit(MULTI_DSM)
+    energy, _ = fit(MULTI_DSM, base_scale=BASE_SCALE)
     scales = MULTI_DSM.noise_scales()
     effective = _effective_variance(scales**2)  # λ(σ) = σ²: weights σ² (uniform levels)
     errors = moment_errors(energy, BASE_SCALE, GAUSS_COV + effective * np.eye(2))
@@ -240,13 +113,13 @@ def test_multi_noise_dsm_recovers_the_sigma_squared_weighted_fit():
 
 @pytest.mark.parametrize("projection", ["rademacher", "gaussian"])
 def test_ssm_recovers_the_data(projection):
-    energy, _ = fit(SSM(projection=projection))
+    energy, _ = fit(SSM(projection=projection), base_scale=BASE_SCALE)
     errors = moment_errors(energy, BASE_SCALE, GAUSS_COV)
     assert check_errors(errors, {"mean": TOL, "cov": TOL}), errors
 
 
 def test_ssm_negated_loss_fails_the_same_check():
-    energy, _ = fit(SSM(), sign=-1.0)
+    energy, _ = fit(SSM(), base_scale=BASE_SCALE, sign=-1.0)
     errors = moment_errors(energy, BASE_SCALE, GAUSS_COV)
     assert not check_errors(errors, {"mean": TOL, "cov": TOL}), errors
 
@@ -341,26 +214,10 @@ def test_dsm_noise_levels_and_draws():
     assert abs(float(jnp.var(noisy / sigma[:, None])) - 1.0) < 5 * 0.031
 
 
-def assert_same_key_same_result(objective, positives):
-    """``init`` + ``prepare`` (jitted) repeat exactly for a key and differ for another; the
-    objective keeps no walkers. Returns the initial state and ``prepare``'s output for key 7."""
-    params, _ = eqx.partition(ENERGY, eqx.is_array)
-    prepare = jax.jit(objective.prepare)
-
-    def prepared(seed):
-        state = objective.init(jax.random.key(seed), NO_WALKERS, params)
-        return state, prepare(state, params, positives)
-
-    assert leaves_equal(prepared(7), prepared(7))
-    assert not leaves_equal(prepared(7)[1][1], prepared(8)[1][1])
-    assert objective.num_walkers == 0 and not objective.persistent
-    return prepared(7)
-
-
 @pytest.mark.parametrize("settings", [MULTI_DSM, SSM()], ids=["dsm", "ssm"])
 def test_same_key_same_result_and_interface(settings):
     objective = settings.build(ObjectiveContext(ENERGY, 2, BASE_SCALE, 8))
-    state, _ = assert_same_key_same_result(objective, gaussian_draws(jax.random.key(6), 8))
+    (state, _), _ = assert_same_key_same_result(objective, gaussian_draws(jax.random.key(6), 8))
     assert objective.positions(state) is None and objective.get_flow(state) is None
 
 

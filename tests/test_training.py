@@ -1,11 +1,13 @@
 import math
 import pickle
+import warnings
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _objectives import TRAINER_SETTINGS, assert_same_run
 
 from numpyro_ebm.datasets import get_dataset
 from numpyro_ebm.energies import MLPEnergy, base_log_prob
@@ -45,19 +47,9 @@ TINY = dict(
     ema_decay=0.98,
     checkpoint_every=50,
 )
-# Steps-only settings for contract tests.
-MINI = dict(
-    num_epochs=2,
-    steps_per_epoch=4,
-    num_walkers=16,
-    batch_size=16,
-    energy_width=8,
-    energy_depth=1,
-    num_particles=4,
-    num_local_steps=1,
-    fit_batch_size=16,
-    num_data=256,
-    grid_points=20,
+# Steps-only settings for contract tests: the objectives' tests' trainer run, 4 steps an epoch.
+MINI = TRAINER_SETTINGS | dict(
+    steps_per_epoch=4, num_walkers=16, num_particles=4, num_local_steps=1, fit_batch_size=16
 )
 HEAVY = 2 / 3
 
@@ -258,15 +250,7 @@ def test_walkers_start_from_base_density():
 
 def test_resume_is_exact_and_checkpoints_are_not_pickle(flowmc_runs):
     full, resumed, out = flowmc_runs
-    for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state), strict=True):
-        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
-            a, b = jax.random.key_data(a), jax.random.key_data(b)
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-    def without_times(history):
-        return [{k: v for k, v in entry.items() if k != "time_s"} for entry in history]
-
-    assert without_times(resumed.history) == without_times(full.history)
+    assert_same_run(full, resumed)
     assert int(resumed.state.step) == 2 * TINY["steps_per_epoch"]
 
     # Checkpoints every 50 steps, the last `keep_checkpoints=2` kept.
@@ -459,3 +443,18 @@ def test_evaluate_high_dimension_uses_a_flowmc_run():
     assert "median_sq_log_density_error" not in metrics  # a grid exists only in 2-D
     assert "top_right_weight" not in metrics
     assert metrics["negatives_num_chains"] == MINI["num_walkers"]
+
+
+def test_a_runaway_energy_gives_one_warning():
+    # A learning rate of 10 makes the contrastive loss, unbounded below, run away at once.
+    config = TrainConfig().with_settings(
+        **{**MINI, "num_epochs": 2, "steps_per_epoch": 20}, sampler="ula", learning_rate=10.0
+    )
+    with pytest.warns(RuntimeWarning, match="running away") as caught:
+        Trainer("two-modes-2to1", config).fit(progress_bar=False)
+    assert len([w for w in caught if "running away" in str(w.message)]) == 1
+    # The control: the same run at a sane rate is quiet.
+    quiet = TrainConfig().with_settings(**{**MINI, "steps_per_epoch": 20}, sampler="ula")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        Trainer("two-modes-2to1", quiet).fit(progress_bar=False)
