@@ -63,7 +63,6 @@ import numpy as np
 from numpyro_ebm.datasets import get_dataset
 from numpyro_ebm.metrics import median_squared_log_density_error
 from numpyro_ebm.training import TrainConfig, Trainer, evaluate
-from numpyro_ebm.training.progress import postfix
 
 TWO_D = ["two-modes-2to1", "four-modes", "eight-gaussians", "rings"]
 HIGH_D = ["gmm-16", "gmm-32", "gmm-64"]
@@ -252,6 +251,8 @@ def run_one(experiment: str, method: str, args, overrides: dict[str, Any]) -> di
         state, history = result.state, result.history
         epoch_s = time.perf_counter() - epoch_start
         if args.verbose:
+            from numpyro_ebm.training.progress import postfix
+
             entry = result.history[-1]
             print(
                 f"  [{experiment}/{method}] epoch {epoch} step {entry['step']} "
