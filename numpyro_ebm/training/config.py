@@ -21,7 +21,8 @@ class TrainConfig:
     Attributes:
         objective: The training objective's settings (:mod:`~numpyro_ebm.training.objectives`),
             or its name for its defaults: ``"pcd"`` ([A]'s flow-assisted contrastive maximum
-            likelihood), ...
+            likelihood, the default), ``"cd"``, ``"short-run"``, ``"coopflow"``, ``"nce"``,
+            ``"dsm"`` or ``"ssm"``.
         num_epochs: Epochs to train.
         steps_per_epoch: EBM steps per epoch.
         batch_size: Data points per step (``x⁺``); [A] uses 64-256.
