@@ -77,7 +77,12 @@ class Dataset:
         mode_means: True mode centres, shape ``(k, d)``; ``None`` where modes are not points
             (``rings``) or unknown (files).
         mode_weights: True mode weights, shape ``(k,)``, summing to 1; ``None`` as ``mode_means``.
-        data: The points read from a file, shape ``(n, d)``; ``None`` for built-ins.
+        data: The (training) points of a dataset given by samples, shape ``(n, d)``, in raw
+            units; ``None`` for built-ins with a known density.
+        validation_data: Held-out points for validation during training, or ``None``.
+        test_data: Held-out points for the final evaluation, or ``None``.
+        classify: For data whose modes are classes (``digits-2to1``): a function from raw
+            points ``(n, d)`` to class indices ``(n,)`` into ``mode_weights``; else ``None``.
 
     Example:
         >>> ds = get_dataset("four-modes")
@@ -93,6 +98,9 @@ class Dataset:
     mode_means: np.ndarray | None = None
     mode_weights: np.ndarray | None = None
     data: np.ndarray | None = None
+    validation_data: np.ndarray | None = None
+    test_data: np.ndarray | None = None
+    classify: Callable[[np.ndarray], np.ndarray] | None = None
 
     @property
     def is_builtin(self) -> bool:
