@@ -1,7 +1,6 @@
 """Normalising constants of an energy, estimated with a flow proposal, and held-out likelihoods.
 
-An energy ``U`` (any callable from one point ``(d,)`` to a scalar, e.g. a
-:class:`~numpyro_ebm.energies.TiltedEnergy`) defines the unnormalised density exp(−U(x)) with
+An energy ``U`` (a callable from one point ``(d,)`` to a scalar, e.g. a ``TiltedEnergy``) has
 normalising constant Z = ∫ exp(−U(x)) dx. Both estimators of log Z start from a proposal q, a
 flowjax distribution (e.g. a fitted flow): :func:`importance_log_normalizer` (importance
 sampling, IS) and :func:`annealed_log_normalizer` (annealed importance sampling, AIS [N]).
@@ -16,8 +15,8 @@ of infinite variance, whose ESS can look healthy in low dimension while log Ẑ 
 
 References:
     [N] R. M. Neal, *Annealed importance sampling*, Statistics and Computing 11:125–139 (2001).
-    [K] A. Kong, *A note on importance sampling using standardized weights*, TR 348, Univ. of
-    Chicago (1992). [O] A. B. Owen, *Monte Carlo theory, methods and examples* (2013), §9.2–9.3.
+    [K] A. Kong, *A note on importance sampling using standardized weights*, TR 348 (1992).
+    [O] A. B. Owen, *Monte Carlo theory, methods and examples* (2013), §9.2–9.3.
 """
 
 from __future__ import annotations
@@ -45,8 +44,7 @@ PotentialFn = Callable[[jax.Array], jax.Array]
 
 #: Acceptance aimed at by AIS's step-size adaptation: MALA's optimum (Roberts & Rosenthal 1998).
 _TARGET_ACCEPT = 0.574
-#: Gain of the Robbins–Monro update of log ε per MALA step: a step changes ε by ≤ e^0.57×, so a
-#: few steps correct an ε that is 10× off.
+#: Robbins–Monro gain on log ε per MALA step: ε moves ≤ e^0.57× a step, fixing 10× in a few.
 _ADAPTATION_GAIN = 1.0
 
 
@@ -94,10 +92,14 @@ def _summarise_log_weights(log_weights: jax.Array) -> tuple[jax.Array, jax.Array
 
 
 @eqx.filter_jit
+def _potential_energies(potential_fn: PotentialFn, position: jax.Array) -> jax.Array:
+    return jax.vmap(potential_fn)(position)
+
+
+@eqx.filter_jit
 def _importance_log_weights(rng_key, potential_fn, proposal, num_samples: int) -> jax.Array:
     position, proposal_log_prob = proposal.sample_and_log_prob(rng_key, (num_samples,))
-    potential_energy = jax.vmap(potential_fn)(position)
-    return importance_log_weight(potential_energy, proposal_log_prob)
+    return importance_log_weight(_potential_energies(potential_fn, position), proposal_log_prob)
 
 
 def _check_inputs(potential_fn: Any, proposal: Any, num_samples: Any) -> int:
@@ -390,7 +392,7 @@ def heldout_log_likelihood(
     data = jnp.asarray(data)
     if data.ndim != 2 or data.shape[0] < 1:
         raise ValueError(f"`data` must have shape (n, d) with n >= 1, got shape {data.shape}.")
-    potential_energy = eqx.filter_jit(jax.vmap(potential_fn))(data)
+    potential_energy = _potential_energies(potential_fn, data)
     log_density = np.where(np.isfinite(potential_energy), -np.asarray(potential_energy), -np.inf)
     mean = float(np.mean(log_density)) - estimate.log_normalizer
     if not math.isfinite(mean):  # zero density somewhere, or log Ẑ infinite: nothing to add

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 from numpyro_ebm._checks import positive_float, positive_int
+from numpyro_ebm.preprocessing import PREPROCESS_CHOICES
 from numpyro_ebm.training.objectives import PCD, ObjectiveSettings, objective_settings
 
 __all__ = ["TrainConfig"]
@@ -35,6 +36,18 @@ class TrainConfig:
         energy_width: Units per hidden layer of the :class:`~numpyro_ebm.energies.MLPEnergy`.
         energy_depth: Hidden layers of the energy.
         num_data: Training points drawn from a built-in dataset (file data is used as given).
+        preprocess: ``"auto"`` standardises data given by samples (files, real built-ins),
+            dequantising integer-valued data first, and leaves built-ins with a known density
+            as they are; ``"standardize"`` standardises without dequantising; ``"none"``
+            trains on the data as given (:mod:`~numpyro_ebm.preprocessing`).
+        validation_fraction: Share of file data held out for validation; ``None`` uses a
+            dataset's own validation split, 0.1 of file data, and none for built-ins with a
+            known density; 0 turns validation off.
+        validate_every: Epochs between validations (held-out log-likelihood by importance
+            sampling from the objective's flow, or from ρ without one).
+        validation_samples: Importance draws per log Z estimate of a validation.
+        patience: Stop after this many validations without a better held-out
+            log-likelihood (early stopping); ``None`` trains every epoch.
         checkpoint_every: Steps between checkpoints when training into a directory; ``None``
             checkpoints at the end of every epoch.
         grid_points: Points per axis of the 2-D grid that integrates mode weights.
@@ -57,6 +70,11 @@ class TrainConfig:
     energy_width: int = 64
     energy_depth: int = 3
     num_data: int = 50_000
+    preprocess: str = "auto"
+    validation_fraction: float | None = None
+    validate_every: int = 1
+    validation_samples: int = 4096
+    patience: int | None = None
     checkpoint_every: int | None = None
     grid_points: int = 100
     seed: int = 0
@@ -70,10 +88,21 @@ class TrainConfig:
             "energy_width",
             "energy_depth",
             "num_data",
+            "validate_every",
+            "validation_samples",
         ):
             positive_int(name, getattr(self, name), 1)
         positive_int("grid_points", self.grid_points, 2)
         positive_int("seed", self.seed, 0)
+        if self.preprocess not in PREPROCESS_CHOICES:
+            raise ValueError(
+                f"expected `preprocess` in {PREPROCESS_CHOICES}, got {self.preprocess!r}"
+            )
+        fraction = self.validation_fraction
+        if fraction is not None and not (isinstance(fraction, int | float) and 0 <= fraction < 1):
+            raise ValueError(f"expected `validation_fraction` in [0, 1) or None, got {fraction!r}")
+        if self.patience is not None:
+            positive_int("patience", self.patience, 1)
         if self.checkpoint_every is not None:
             positive_int("checkpoint_every", self.checkpoint_every, 1)
         positive_float("learning_rate", self.learning_rate)

@@ -1,4 +1,12 @@
-"""The training data of a run: the dataset it names, its points, and the tilt's scale σ."""
+"""The training data of a run: the dataset, its preprocessed splits, and the tilt's scale σ.
+
+Data given by samples (a file, a real built-in) is split into training and validation points
+(a file's by ``validation_fraction``, a built-in's by its own split) and, under
+``preprocess="auto"``, mapped by a :class:`~numpyro_ebm.preprocessing.Preprocessing` fitted on
+the training split: the model lives in standardised coordinates, and the map travels with the
+run. Built-ins with a known density are drawn and kept in their own coordinates, so that their
+exact densities and mode weights apply to the model unchanged.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +17,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from numpyro_ebm._checks import typed_key
 from numpyro_ebm.datasets import Dataset, get_dataset
+from numpyro_ebm.preprocessing import Preprocessing
 
 __all__ = ["TrainingData", "training_data"]
+
+#: Validation share of a file's data under ``validation_fraction=None``.
+DEFAULT_VALIDATION_FRACTION = 0.1
 
 
 class TrainingData(NamedTuple):
@@ -20,14 +33,39 @@ class TrainingData(NamedTuple):
     Attributes:
         dataset: The dataset.
         spec: What names it in the run's settings: its name, or the file path given.
-        data: The training points ``(n, d)``, float32.
+        data: The training points ``(n, d)`` in the model's coordinates, float32.
         base_scale: σ of the tilt ρ = N(0, σ² I).
+        preprocessing: The map from raw data to the model's coordinates.
+        validation: Validation points in the model's coordinates, or ``None``.
     """
 
     dataset: Dataset
     spec: str
     data: jax.Array
     base_scale: float
+    preprocessing: Preprocessing
+    validation: jax.Array | None
+
+
+def _split(
+    dataset: Dataset, rng_key: jax.Array, fraction: float | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The raw training and validation points of a dataset given by samples."""
+    data = np.asarray(dataset.data, dtype=np.float64)
+    if fraction is None:
+        if dataset.validation_data is not None:
+            return data, np.asarray(dataset.validation_data, dtype=np.float64)
+        fraction = DEFAULT_VALIDATION_FRACTION
+    num_validation = round(fraction * len(data))
+    if num_validation == 0:
+        return data, None
+    if num_validation >= len(data):
+        raise ValueError(
+            f"expected at least one training point after holding out {num_validation} of "
+            f"{len(data)} for validation, got none: lower `validation_fraction`"
+        )
+    order = np.asarray(jax.random.permutation(rng_key, len(data)))
+    return data[order[num_validation:]], data[order[:num_validation]]
 
 
 def training_data(
@@ -35,16 +73,23 @@ def training_data(
     rng_key: jax.Array,
     num_data: int,
     base_scale: float | None = None,
+    *,
+    preprocess: str = "auto",
+    validation_fraction: float | None = None,
 ) -> TrainingData:
-    """Resolve ``dataset`` and its training points.
+    """Resolve ``dataset``, split it, fit its preprocessing, and choose σ.
 
     Args:
         dataset: A :class:`~numpyro_ebm.datasets.Dataset`, a built-in name, or a data file path.
-        rng_key: Key of the draws of a dataset given by its distribution.
+        rng_key: Key of the draws of a dataset given by its distribution, of the split and of
+            the dequantisation noise.
         num_data: Points drawn from a dataset given by its distribution (file data is used as
             given).
-        base_scale: σ of the tilt; ``None`` takes the root mean square of the data's
-            coordinates, so that ρ covers the data.
+        base_scale: σ of the tilt; ``None`` takes the root mean square of the (preprocessed)
+            training points' coordinates, so that ρ covers the data.
+        preprocess: ``"auto"``, ``"standardize"`` or ``"none"`` (see
+            :class:`~numpyro_ebm.training.TrainConfig`).
+        validation_fraction: See :class:`~numpyro_ebm.training.TrainConfig`.
 
     Returns:
         The data.
@@ -52,17 +97,34 @@ def training_data(
     Example:
         >>> import jax
         >>> run = training_data("two-modes-2to1", jax.random.key(0), 100)
-        >>> run.spec, run.data.shape
-        ('two-modes-2to1', (100, 2))
+        >>> run.spec, run.data.shape, run.preprocessing.is_identity, run.validation
+        ('two-modes-2to1', (100, 2), True, None)
     """
+    rng_key = typed_key(rng_key)
     if isinstance(dataset, Dataset):
         spec = dataset.name
     else:
         dataset, spec = get_dataset(dataset), str(dataset)
-    if dataset.data is not None:
-        data = np.asarray(dataset.data, dtype=np.float32)
+    key_split, key_train, key_validation = (jax.random.fold_in(rng_key, i) for i in (1, 2, 3))
+    if dataset.data is None:
+        raw = np.asarray(dataset.sample(rng_key, num_data), dtype=np.float32)
+        raw_validation = None
+        if validation_fraction:
+            num_validation = max(1, round(validation_fraction * num_data))
+            raw_validation = np.asarray(dataset.sample(key_validation, num_validation))
     else:
-        data = np.asarray(dataset.sample(rng_key, num_data), dtype=np.float32)
+        raw, raw_validation = _split(dataset, key_split, validation_fraction)
+    if preprocess == "none" or (preprocess == "auto" and dataset.data is None):
+        preprocessing = Preprocessing.identity(raw.shape[1])
+    else:
+        dequantize = None if preprocess == "auto" else False
+        preprocessing = Preprocessing.fit(raw, dequantize=dequantize, rng_key=key_train)
+    data = preprocessing.transform(raw, key_train)
+    validation = None
+    if raw_validation is not None:
+        validation = jnp.asarray(preprocessing.transform(raw_validation, key_validation))
     if base_scale is None:
         base_scale = float(np.sqrt(np.mean(np.square(data, dtype=np.float64))))
-    return TrainingData(dataset, spec, jnp.asarray(data), float(base_scale))
+    return TrainingData(
+        dataset, spec, jnp.asarray(data), float(base_scale), preprocessing, validation
+    )

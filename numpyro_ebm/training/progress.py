@@ -10,7 +10,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["EpochProgress", "postfix", "runaway_message"]
+__all__ = ["EpochProgress", "chunk_size", "postfix", "runaway_message"]
+
+#: The progress bar advances at least this many times per epoch (when the step count allows).
+_PROGRESS_UPDATES_PER_EPOCH = 10
 
 #: A loss beyond this magnitude means the energy is running away (the 2-D experiments' losses
 #: stay within ±10; a runaway energy passes 1e6 within a few hundred steps and then overflows).
@@ -18,6 +21,21 @@ RUNAWAY_LOSS = 1e6
 
 #: Metrics the progress bar shows, where the objective has them: name -> label.
 _POSTFIX_METRICS = {"loss": "loss", "accept_prob": "acc", "global_accept_prob": "glob"}
+
+
+def chunk_size(steps_per_epoch: int, checkpoint_every: int) -> int:
+    """Steps per jitted call: divides epochs and checkpoint intervals, ≥ 10 calls per epoch.
+
+    Every call then runs the same number of steps, so there is one compilation and a resumed
+    run replays exactly the program of an uninterrupted one.
+
+    Example:
+        >>> chunk_size(200, 200), chunk_size(200, 50), chunk_size(7, 7)
+        (20, 10, 1)
+    """
+    number = math.gcd(steps_per_epoch, checkpoint_every)
+    bound = max(1, steps_per_epoch // _PROGRESS_UPDATES_PER_EPOCH)
+    return max(d for d in range(1, max(1, min(number, bound)) + 1) if number % d == 0)
 
 
 def postfix(values: dict[str, Any]) -> str:

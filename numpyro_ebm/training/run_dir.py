@@ -21,9 +21,11 @@ from numpyro_ebm.training.checkpoint import (
 from numpyro_ebm.training.run_files import read_checkpoint_meta, read_run_settings
 
 __all__ = [
+    "BEST_CHECKPOINT_DIR",
     "CHECKPOINT_DIR",
     "SETTINGS_FILE",
     "check_saved_settings",
+    "open_run",
     "clear_checkpoints",
     "restore_checkpoint",
     "save_training_checkpoint",
@@ -32,8 +34,10 @@ __all__ = [
 #: Name of a run directory's settings file and checkpoint folder.
 SETTINGS_FILE = "settings.json"
 CHECKPOINT_DIR = "checkpoints"
+#: Where the state of the best validation so far is kept.
+BEST_CHECKPOINT_DIR = "best_checkpoint"
 #: Settings that may differ between a run and its resumption (they do not change any step).
-RESUMABLE_CHANGES = ("num_epochs",)
+RESUMABLE_CHANGES = ("num_epochs", "patience")
 
 
 def check_saved_settings(out_dir: Path, current: dict[str, Any]) -> None:
@@ -74,13 +78,14 @@ def check_saved_settings(out_dir: Path, current: dict[str, Any]) -> None:
 def clear_checkpoints(out_dir: Path) -> None:
     """Remove the checkpoints of an earlier run in ``out_dir``, with a warning."""
     old = checkpoint_paths(out_dir / CHECKPOINT_DIR)
+    best = checkpoint_paths(out_dir / BEST_CHECKPOINT_DIR)
     if old:
         warnings.warn(
             f"starting a new run in {str(out_dir)!r}: removing its {len(old)} checkpoints "
             "(pass resume=True to continue it instead)",
             stacklevel=4,
         )
-    for _, path in old:
+    for _, path in old + best:
         path.unlink()
         path.with_suffix(".json").unlink(missing_ok=True)
 
@@ -119,13 +124,14 @@ def save_training_checkpoint(
 
 
 def restore_checkpoint(
-    out_dir: Path, template: Any
+    out_dir: Path, template: Any, folder: str = CHECKPOINT_DIR
 ) -> tuple[Any, list[dict[str, Any]], dict[str, list[float]]] | None:
     """The latest checkpoint of ``out_dir``: ``(state, history, partial epoch)``, or ``None``.
 
     Args:
         out_dir: The run directory.
         template: A state of the run's structure (:meth:`Trainer.init_state`).
+        folder: The checkpoint folder (:data:`BEST_CHECKPOINT_DIR` for the best validation).
 
     Returns:
         The state and the history saved with it, or ``None`` (with a warning) when the run has
@@ -134,8 +140,10 @@ def restore_checkpoint(
     Raises:
         ValueError: If the checkpoint's state is not at the step its name says.
     """
-    checkpoint_dir = out_dir / CHECKPOINT_DIR
+    checkpoint_dir = out_dir / folder
     found = latest_checkpoint(checkpoint_dir)
+    if found is None and folder != CHECKPOINT_DIR:
+        return None
     if found is None:
         warnings.warn(
             f"no checkpoint in {str(checkpoint_dir)!r}: starting the run from step 0",
@@ -151,3 +159,47 @@ def restore_checkpoint(
             f"got a state at step {int(state.step)}"
         )
     return state, meta["history"], meta["partial_epoch"]
+
+
+def open_run(
+    out_dir: Path | None,
+    state: Any,
+    settings: dict[str, Any],
+    settings_to_write: dict[str, Any],
+    *,
+    resume: bool,
+) -> tuple[Any, list[dict[str, Any]], dict[str, list[float]], Any]:
+    """Start or resume a run in ``out_dir``: what the trainer's loop starts from.
+
+    Everything is read and checked before anything is written, so a failed call leaves the
+    run directory as it was. A new run clears the directory's checkpoints; both write
+    ``settings.json``.
+
+    Args:
+        out_dir: The run directory, or ``None`` to keep nothing on disk.
+        state: The state to start from (also the template of a checkpoint's structure).
+        settings: The run's settings, compared with the saved ones when resuming.
+        settings_to_write: The settings to write (``num_epochs`` may differ).
+        resume: Continue from the last checkpoint in ``out_dir``.
+
+    Returns:
+        ``(state, history, partial epoch, best state or None)``.
+
+    Raises:
+        ValueError: If ``resume`` is asked without ``out_dir``, or the saved settings differ.
+    """
+    if resume and out_dir is None:
+        raise ValueError("expected `out_dir` to resume from, got None")
+    history, partial, best_state = [], {}, None
+    if resume:
+        check_saved_settings(out_dir, settings)
+        restored = restore_checkpoint(out_dir, state)
+        if restored is not None:
+            state, history, partial = restored
+            best = restore_checkpoint(out_dir, state, BEST_CHECKPOINT_DIR)
+            best_state = None if best is None else best[0]
+    if out_dir is not None:
+        if not resume:
+            clear_checkpoints(out_dir)
+        write_json(out_dir / SETTINGS_FILE, settings_to_write)
+    return state, history, partial, best_state

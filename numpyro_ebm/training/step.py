@@ -12,15 +12,20 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
+from flowjax.distributions import AbstractDistribution
 
 from numpyro_ebm.training.objectives import Metrics, Objective
 
-__all__ = ["TrainState", "train_chunk", "train_step"]
+if TYPE_CHECKING:
+    from numpyro_ebm.training.trainer import Trainer
+
+__all__ = ["TrainResult", "TrainState", "train_chunk", "train_step"]
 
 
 class TrainState(NamedTuple):
@@ -43,6 +48,30 @@ class TrainState(NamedTuple):
     objective_state: Any
     step: jax.Array
     rng_key: jax.Array
+
+
+class TrainResult(NamedTuple):
+    """What :meth:`Trainer.fit` returns.
+
+    Attributes:
+        energy: The trained energy module ``E_θ``.
+        flow: The objective's flow (``None`` if it has none, e.g. ``pcd`` with ``ula``).
+        state: The final :class:`TrainState`.
+        best_state: The state of the best validation log-likelihood, or ``None`` without
+            validation data.
+        history: One dict per epoch (see :meth:`Trainer.fit`).
+        timings: Seconds spent: ``"init_s"``, ``"first_chunk_s"`` (compilation included),
+            ``"train_s"`` (all steps of this call).
+        trainer: The trainer, for its energy functions, objective and dataset.
+    """
+
+    energy: eqx.Module
+    flow: AbstractDistribution | None
+    state: TrainState
+    best_state: TrainState | None
+    history: list[dict[str, Any]]
+    timings: dict[str, float]
+    trainer: Trainer
 
 
 def train_step(

@@ -15,12 +15,12 @@ References:
 from __future__ import annotations
 
 import functools
-import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -32,53 +32,32 @@ from flowjax.distributions import AbstractDistribution
 from numpyro_ebm._checks import positive_int
 from numpyro_ebm.datasets import Dataset
 from numpyro_ebm.energies import MLPEnergy, TiltedEnergy
-from numpyro_ebm.metrics import zone_weights_from_energy, zone_weights_from_samples
-from numpyro_ebm.training.checkpoint import strongly_typed, write_json
+from numpyro_ebm.training.checkpoint import strongly_typed
 from numpyro_ebm.training.config import TrainConfig
 from numpyro_ebm.training.data import training_data
 from numpyro_ebm.training.objectives import Objective, ObjectiveContext
-from numpyro_ebm.training.progress import EpochProgress
+from numpyro_ebm.training.progress import EpochProgress, chunk_size
 from numpyro_ebm.training.run_dir import (
+    BEST_CHECKPOINT_DIR,
     CHECKPOINT_DIR,
-    SETTINGS_FILE,
-    check_saved_settings,
-    clear_checkpoints,
-    restore_checkpoint,
+    open_run,
     save_training_checkpoint,
 )
-from numpyro_ebm.training.step import TrainState, train_chunk
+from numpyro_ebm.training.step import TrainResult, TrainState, train_chunk
+from numpyro_ebm.training.validation import (
+    VALIDATION_KEY,
+    best_epoch,
+    mixing_message,
+    model_mode_weights,
+    negatives_rhat,
+    should_stop,
+    validate,
+)
 
 __all__ = ["TrainResult", "Trainer", "train"]
 
-#: The progress bar advances at least this many times per epoch (when the step count allows).
-_PROGRESS_UPDATES_PER_EPOCH = 10
 #: Walkers whose paths :meth:`Trainer.negative_chains` records (the first ones).
 MAX_TRACED_CHAINS = 64
-
-
-class TrainResult(NamedTuple):
-    """What :meth:`Trainer.fit` returns.
-
-    Attributes:
-        energy: The trained energy module ``E_θ``.
-        flow: The objective's flow (``None`` if it has none, e.g. ``pcd`` with ``ula``).
-        state: The final :class:`TrainState`.
-        history: One dict per epoch (see :meth:`Trainer.fit`).
-        timings: Seconds spent: ``"init_s"``, ``"first_chunk_s"`` (compilation included),
-            ``"train_s"`` (all steps of this call).
-        trainer: The trainer, for its energy functions, objective and dataset.
-    """
-
-    energy: eqx.Module
-    flow: AbstractDistribution | None
-    state: TrainState
-    history: list[dict[str, Any]]
-    timings: dict[str, float]
-    trainer: Trainer
-
-
-def _largest_divisor_at_most(number: int, bound: int) -> int:
-    return max(d for d in range(1, max(1, min(number, bound)) + 1) if number % d == 0)
 
 
 class Trainer:
@@ -111,8 +90,17 @@ class Trainer:
         cfg = self.config
         keys = jax.random.split(jax.random.key(cfg.seed), 5)
         self._key_energy, self._key_walkers, self._key_objective, self._key_train = keys[1:]
-        run_data = training_data(dataset, keys[0], cfg.num_data, cfg.base_scale)
-        self.dataset, self.dataset_spec, self.data, self.base_scale = run_data
+        self._key_validation = jax.random.fold_in(jax.random.key(cfg.seed), 1)
+        run_data = training_data(
+            dataset,
+            keys[0],
+            cfg.num_data,
+            cfg.base_scale,
+            preprocess=cfg.preprocess,
+            validation_fraction=cfg.validation_fraction,
+        )
+        self.dataset, self.dataset_spec, self.data, self.base_scale = run_data[:4]
+        self.preprocessing, self.validation_data = run_data.preprocessing, run_data.validation
         self.dim = int(self.data.shape[1])
         energy = MLPEnergy(
             self.dim, width=cfg.energy_width, depth=cfg.energy_depth, key=self._key_energy
@@ -125,13 +113,9 @@ class Trainer:
             optax.adam(cfg.learning_rate) if energy_optimizer is None else energy_optimizer
         )
         checkpoint_every = cfg.checkpoint_every or cfg.steps_per_epoch
-        # Every jitted call runs the same number of steps, so there is one compilation and a
-        # resumed run replays exactly the same compiled program as an uninterrupted one.
-        self.chunk_size = _largest_divisor_at_most(
-            math.gcd(cfg.steps_per_epoch, checkpoint_every),
-            max(1, cfg.steps_per_epoch // _PROGRESS_UPDATES_PER_EPOCH),
-        )
+        self.chunk_size = chunk_size(cfg.steps_per_epoch, checkpoint_every)
         self.checkpoint_every = checkpoint_every
+        self._global_moves = getattr(cfg.objective, "sampler", None) == "flowmc"
         self._run_chunk = jax.jit(
             functools.partial(
                 train_chunk,
@@ -216,30 +200,17 @@ class Trainer:
         return self.objective.get_flow(state.objective_state)
 
     def mode_weights(self, state: TrainState) -> np.ndarray | None:
-        """Model weight of each true mode's zone, if the dataset's modes are known.
+        """Model weight of each true mode (or class) of the dataset, ``(k,)``, or ``None``.
 
-        In 2-D, ``exp(-E_θ) ρ`` is integrated on a grid over the dataset's bounds; in higher
-        dimension the zones of the negatives are counted (METHOD.md §4, "Metrics").
-
-        Args:
-            state: A training state.
-
-        Returns:
-            Weights ``(k,)`` or ``None``.
+        See :func:`~numpyro_ebm.training.validation.model_mode_weights`.
         """
-        means = self.dataset.mode_means
-        if means is None:
-            return None
-        if self.dim == 2:
-            weights = zone_weights_from_energy(
-                self.total_energy_fn(state), means, self.dataset.bounds, self.config.grid_points
-            )
-        else:
-            negatives = self.negatives(state)
-            if negatives is None:
-                return None
-            weights = zone_weights_from_samples(negatives, means)
-        return np.asarray(weights, dtype=float)
+        return model_mode_weights(
+            self.dataset,
+            self.total_energy_fn(state),
+            self.negatives(state),
+            self.preprocessing,
+            self.config.grid_points,
+        )
 
     def fit(
         self,
@@ -257,7 +228,11 @@ class Trainer:
         to the history a dict with ``epoch``, ``step``, the epoch means of ``loss`` and of
         the objective's metrics (for ``pcd``: ``energy_gap``, ``accept_prob``,
         ``global_accept_prob``, ``flow_loss``), ``mode_weights`` (when the dataset's modes
-        are known and the model's weights can be measured) and ``time_s``.
+        are known and the model's weights can be measured), ``negatives_rhat`` (persistent
+        negatives' R̂, :mod:`~numpyro_ebm.training.validation`; a warning when they stop
+        mixing), ``val_log_likelihood`` with its ``_stderr`` and ``val_importance_ess``
+        (every ``validate_every`` epochs, with validation data) and ``time_s``. The best
+        validation's state is kept (``best_checkpoint/``); ``patience`` stops the run early.
 
         Args:
             state: Start from this state instead of :meth:`init_state` (ignored when resuming
@@ -285,48 +260,53 @@ class Trainer:
             positive_int("num_epochs", num_epochs, 1)
             cfg = cfg.replace(num_epochs=num_epochs)
         time_start = time.perf_counter()
-        if resume and out_dir is None:
-            raise ValueError("expected `out_dir` to resume from, got None")
-        # Read and check everything before writing anything: a failed call leaves the run
-        # directory as it was.
         state = self.init_state() if state is None else state
-        history: list[dict[str, Any]] = []
-        partial: dict[str, list[float]] = {}
-        if resume:
-            check_saved_settings(Path(out_dir), self.settings())
-            restored = restore_checkpoint(Path(out_dir), state)
-            if restored is not None:
-                state, history, partial = restored
+        state, history, partial, best_state = open_run(
+            None if out_dir is None else Path(out_dir),
+            state,
+            self.settings(),
+            self.settings(cfg.num_epochs),
+            resume=resume,
+        )
         step = int(state.step)
         if step % self.chunk_size:
             raise ValueError(
                 f"expected a state whose step is a multiple of {self.chunk_size}, got {step}"
             )
         checkpoint_dir = None if out_dir is None else Path(out_dir) / CHECKPOINT_DIR
-        if out_dir is not None:
-            if not resume:
-                clear_checkpoints(Path(out_dir))
-            write_json(Path(out_dir) / SETTINGS_FILE, self.settings(cfg.num_epochs))
         timings = {"init_s": time.perf_counter() - time_start, "first_chunk_s": 0.0}
 
         total_steps = cfg.num_epochs * cfg.steps_per_epoch
         progress = EpochProgress(
             cfg.steps_per_epoch, cfg.num_epochs, history, partial, enabled=progress_bar
         )
-        time_train = time.perf_counter()
-        while step < total_steps:
+        time_train, paths, warned = time.perf_counter(), [], False
+        while step < total_steps and not should_stop(history, cfg.patience):
             chunk_start = time.perf_counter()
-            state, (metrics, _) = self._run_chunk(state, self.data, False)
+            state, (metrics, traced) = self._run_chunk(state, self.data, False)
             metrics = jax.device_get(metrics)
+            if self.objective.persistent and traced is not None:
+                paths.append(np.asarray(traced))
             if timings["first_chunk_s"] == 0.0:
                 timings["first_chunk_s"] = time.perf_counter() - chunk_start
             step += self.chunk_size
             if progress.add(step, metrics, self.chunk_size):
-                weights = self.mode_weights(state)
-                extra = {} if weights is None else {"mode_weights": [float(w) for w in weights]}
-                progress.end_epoch(step, extra)
+                entry = progress.end_epoch(step, self._epoch_extra(state, step, paths))
+                paths = []
+                message = mixing_message(entry, self._global_moves)
+                if message is not None and not warned:
+                    warned = True
+                    warnings.warn(message, RuntimeWarning, stacklevel=2)
+                if VALIDATION_KEY in entry and best_epoch(history) == entry["epoch"]:
+                    best_state = state
+                    if out_dir is not None:
+                        save_training_checkpoint(
+                            Path(out_dir) / BEST_CHECKPOINT_DIR, state, step, history, {}, 1
+                        )
             if checkpoint_dir is not None and (
-                step % self.checkpoint_every == 0 or step == total_steps
+                step % self.checkpoint_every == 0
+                or step == total_steps
+                or should_stop(history, cfg.patience)
             ):
                 save_training_checkpoint(
                     checkpoint_dir, state, step, history, progress.partial, keep_checkpoints
@@ -337,10 +317,32 @@ class Trainer:
             energy=self.energy(state),
             flow=self.flow(state),
             state=state,
+            best_state=best_state,
             history=history,
             timings=timings,
             trainer=self,
         )
+
+    def _epoch_extra(self, state: TrainState, step: int, paths: list) -> dict[str, Any]:
+        """What an epoch's history entry adds to its metric means (see :meth:`fit`)."""
+        extra: dict[str, Any] = {}
+        weights = self.mode_weights(state)
+        if weights is not None:
+            extra["mode_weights"] = [float(w) for w in weights]
+        rhat = negatives_rhat(paths)
+        if rhat is not None:
+            extra["negatives_rhat"] = rhat
+        epoch = step // self.config.steps_per_epoch
+        if self.validation_data is not None and epoch % self.config.validate_every == 0:
+            extra |= validate(
+                jax.random.fold_in(self._key_validation, step),
+                self._tilted(self.model_params(state)),
+                self.flow(state),
+                self.validation_data,
+                base_scale=self.base_scale,
+                num_samples=self.config.validation_samples,
+            )
+        return extra
 
     def settings(self, num_epochs: int | None = None) -> dict[str, Any]:
         """The JSON settings of the run: config, dataset, dimension and the resolved σ.
@@ -358,6 +360,7 @@ class Trainer:
             "dataset": self.dataset_spec,
             "dim": self.dim,
             "base_scale": self.base_scale,
+            "preprocessing": self.preprocessing.to_dict(),
             "config": config,
         }
 
