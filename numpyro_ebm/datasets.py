@@ -1,12 +1,14 @@
-"""Datasets with known densities for training and measuring EBMs, and data read from files.
+"""Datasets for training and measuring EBMs: known densities, real data, and data files.
 
-The built-in datasets are the experiments of Grenioux, Moulines & Gabrié (2023), arXiv:2306.00684,
-§4 (see ``METHOD.md`` §4): each has an exact normalised ``log_prob``, exact ``sample`` draws, and,
-where its modes are points, the true mode centres and weights that the zone-weight metrics of
-:mod:`numpyro_ebm.metrics` compare against. Data read from a ``.npy`` or ``.csv`` file has none of
-these: only ``data`` (read by :mod:`numpyro_ebm.data_files`).
+The built-in datasets with a known density (``list_datasets("density")``) are the experiments of
+Grenioux, Moulines & Gabrié (2023), arXiv:2306.00684, §4 (see ``METHOD.md`` §4): each has an exact
+normalised ``log_prob``, exact ``sample`` draws, and, where its modes are points, the true mode
+centres and weights that the zone-weight metrics of :mod:`numpyro_ebm.metrics` compare against.
+The real built-ins (``list_datasets("real")``, :mod:`numpyro_ebm.real_datasets`) and data read
+from a ``.npy`` or ``.csv`` file have none of these: they have ``data`` in raw units (read by
+:mod:`numpyro_ebm.data_files` for files), and the real ones also fixed validation and test splits.
 
-Built-ins (N(mu, v I) has *variance* v):
+Built-ins with a known density (N(mu, v I) has *variance* v):
 
 - ``two-modes-2to1``: (1/3) N(-1.5 * 1, 0.05 I) + (2/3) N(1.5 * 1, 0.1 I) in 2-D.
 - ``eight-gaussians``: equal mixture of N(mu_k, 0.15^2 I), mu_k on the unit circle at angle
@@ -20,26 +22,44 @@ Built-ins (N(mu, v I) has *variance* v):
   (3, 0).
 - ``gmm-16``, ``gmm-32``, ``gmm-64``: equal mixture of N(0.5919 s_i, I) in d = 16, 32, 64 with sign
   patterns s = (1, ..., 1), its negative, (-1, ..., -1, 1, ..., 1) (halves) and its negative.
+
+Real built-ins, from files bundled with scikit-learn (``pip install "numpyro-ebm[real]"``), raw
+float64, in fixed disjoint splits (80/10/10 of the rows of the tables, disjoint image regions for
+``patches``; details in :mod:`numpyro_ebm.real_datasets`):
+
+=================  ===  ======================  ===============================================
+name               d    train / valid. / test   what it tests
+=================  ===  ======================  ===============================================
+``digits``         64   1439 / 179 / 179        integer pixel levels 0..16, 10 classes
+``digits-2to1``    64   225 / 21 / 21           mode weights 2:1 (digits 0 and 1), ``classify``
+``breast-cancer``  30   457 / 56 / 56           correlated measurements on mixed scales
+``wine``           13   144 / 17 / 17           few points (overfitting), mixed scales
+``patches``        64   20000 / 2000 / 2000     natural-image statistics, levels 0..255
+=================  ===  ======================  ===============================================
 """
 
 from __future__ import annotations
 
-import functools
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import logsumexp
 
-from numpyro_ebm._checks import typed_key
+from numpyro_ebm._densities import GaussianMixture, Rings
 from numpyro_ebm.data_files import SUPPORTED_SUFFIXES, load_data, validate_data
 
-__all__ = ["Dataset", "get_dataset", "list_datasets", "load_data", "validate_data"]
+__all__ = [
+    "DATASET_KINDS",
+    "Dataset",
+    "get_dataset",
+    "list_datasets",
+    "load_data",
+    "samples_dataset",
+    "validate_data",
+]
 
 
 # Bounds of the built-ins cover every mode centre with a margin of this many of the largest
@@ -51,21 +71,16 @@ _BOUNDS_MARGIN_STDS = 6.0
 # them shows the data with room around it (a plotting choice, not a statistical one).
 _FILE_BOUNDS_MARGIN = 0.1
 
-# The rings density has an integrable 1/r singularity at the origin. Radii below this floor are
-# evaluated at the floor: the mass of the disc r < 1e-6 is about p_r(0) * 1e-6 ~ 3e-16, and the
-# capped value there (log density ~ -10) stays far below the rings' peak (~ -2.2), so grid
-# normalisations in metrics.py stay finite and exact to float precision.
-_RINGS_RADIUS_FLOOR = 1e-6
-
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A dataset: a built-in with a known density, or samples read from a file.
+    """A dataset: a built-in with a known density, a real built-in, or samples read from a file.
 
-    Built-ins come from :func:`get_dataset` by name; they have ``log_prob`` and ``sample`` and no
-    ``data``. A file dataset has ``data`` and ``None`` for ``log_prob``, ``sample``,
-    ``mode_means`` and ``mode_weights``. Instances pickle (the callables are bound methods of
-    small parameter classes) and are jitted.
+    Built-ins come from :func:`get_dataset` by name. Those with a known density have
+    ``log_prob`` and ``sample`` and no ``data``. Real built-ins and file datasets have ``data``
+    (real ones also ``validation_data`` and ``test_data``) and ``None`` for ``log_prob``,
+    ``sample`` and ``mode_means``. Instances pickle (the callables are bound methods of small
+    parameter classes, or small frozen classes with ``__call__``).
 
     Attributes:
         name: Built-in name, or the file's stem.
@@ -76,7 +91,9 @@ class Dataset:
             files.
         mode_means: True mode centres, shape ``(k, d)``; ``None`` where modes are not points
             (``rings``) or unknown (files).
-        mode_weights: True mode weights, shape ``(k,)``, summing to 1; ``None`` as ``mode_means``.
+        mode_weights: True mode weights, shape ``(k,)``, summing to 1; ``None`` as ``mode_means``,
+            except for data whose modes are classes (``digits-2to1``), where ``classify``
+            assigns points to them.
         data: The (training) points of a dataset given by samples, shape ``(n, d)``, in raw
             units; ``None`` for built-ins with a known density.
         validation_data: Held-out points for validation during training, or ``None``.
@@ -104,103 +121,11 @@ class Dataset:
 
     @property
     def is_builtin(self) -> bool:
-        """Whether the dataset has an exact density (``log_prob`` and ``sample``)."""
+        """Whether the dataset has an exact density (``log_prob`` and ``sample``).
+
+        ``False`` for the real built-ins (``digits``, ...): like files, they are samples.
+        """
         return self.log_prob is not None
-
-
-# ---------------------------------------------------------------------------------------------
-# Densities. The maths lives in module-level jitted functions (fast outside jit, inlined inside
-# one); small frozen parameter classes bind their arrays, so a Dataset's callables are bound
-# methods, which pickle.
-
-
-def _check_points(x: jax.Array, dim: int) -> jax.Array:
-    x = jnp.asarray(x)
-    if x.ndim != 2 or x.shape[1] != dim:
-        raise ValueError(f"expected points of shape (n, {dim}), got shape {x.shape}")
-    return x
-
-
-@jax.jit
-def _mixture_log_prob(
-    x: jax.Array, means: jax.Array, stds: jax.Array, weights: jax.Array
-) -> jax.Array:
-    dim = means.shape[1]
-    sq_dist = jnp.sum((x[:, None, :] - means[None]) ** 2, axis=-1)  # (n, k)
-    log_component = (
-        -0.5 * sq_dist / stds**2 - dim * jnp.log(stds) - 0.5 * dim * math.log(2 * math.pi)
-    )
-    return logsumexp(log_component + jnp.log(weights), axis=-1)
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _mixture_sample(
-    key: jax.Array, n: int, means: jax.Array, stds: jax.Array, weights: jax.Array
-) -> jax.Array:
-    component_key, noise_key = jax.random.split(key)
-    components = jax.random.categorical(component_key, jnp.log(weights), shape=(n,))
-    noise = jax.random.normal(noise_key, (n, means.shape[1]))
-    return means[components] + stds[components, None] * noise
-
-
-@dataclass(frozen=True, eq=False)
-class _GaussianMixture:
-    """sum_i w_i N(mu_i, sigma_i^2 I): means (k, d), stds (k,), weights (k,)."""
-
-    means: np.ndarray
-    stds: np.ndarray
-    weights: np.ndarray
-
-    def log_prob(self, x: jax.Array) -> jax.Array:
-        x = _check_points(x, self.means.shape[1])
-        return _mixture_log_prob(x, self.means, self.stds, self.weights)
-
-    def sample(self, key: jax.Array, n: int) -> jax.Array:
-        return _mixture_sample(typed_key(key), n, self.means, self.stds, self.weights)
-
-
-@jax.jit
-def _rings_log_prob(
-    x: jax.Array, centres: jax.Array, std: jax.Array, weights: jax.Array
-) -> jax.Array:
-    radius = jnp.maximum(jnp.linalg.norm(x, axis=-1), _RINGS_RADIUS_FLOOR)
-    # Folded mixture: the density of |R| at r > 0 is p_R(r) + p_R(-r).
-    signed_centres = jnp.concatenate([centres, -centres])
-    log_weights = jnp.log(jnp.concatenate([weights, weights]))
-    log_component = (
-        -0.5 * ((radius[:, None] - signed_centres) / std) ** 2
-        - jnp.log(std)
-        - 0.5 * math.log(2 * math.pi)
-    )
-    log_radius_density = logsumexp(log_component + log_weights, axis=-1)
-    # Polar change of variables: dx dy = r dr dtheta, with theta uniform of density 1 / (2 pi).
-    return log_radius_density - jnp.log(2 * math.pi * radius)
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _rings_sample(
-    key: jax.Array, n: int, centres: jax.Array, std: jax.Array, weights: jax.Array
-) -> jax.Array:
-    component_key, noise_key, angle_key = jax.random.split(key, 3)
-    components = jax.random.categorical(component_key, jnp.log(weights), shape=(n,))
-    radius = jnp.abs(centres[components] + std * jax.random.normal(noise_key, (n,)))
-    angle = jax.random.uniform(angle_key, (n,), maxval=2 * math.pi)
-    return jnp.stack([radius * jnp.cos(angle), radius * jnp.sin(angle)], axis=-1)
-
-
-@dataclass(frozen=True, eq=False)
-class _Rings:
-    """Radius ``|R|`` with R ~ sum_i w_i N(c_i, s^2), angle uniform on [0, 2 pi), in 2-D."""
-
-    centres: np.ndarray
-    std: float
-    weights: np.ndarray
-
-    def log_prob(self, x: jax.Array) -> jax.Array:
-        return _rings_log_prob(_check_points(x, 2), self.centres, self.std, self.weights)
-
-    def sample(self, key: jax.Array, n: int) -> jax.Array:
-        return _rings_sample(typed_key(key), n, self.centres, self.std, self.weights)
 
 
 def _mixture(name: str, means: np.ndarray, stds: np.ndarray, weights: np.ndarray) -> Dataset:
@@ -212,7 +137,7 @@ def _mixture(name: str, means: np.ndarray, stds: np.ndarray, weights: np.ndarray
         (float(lo) - margin, float(hi) + margin)
         for lo, hi in zip(means.min(axis=0), means.max(axis=0), strict=True)
     )
-    density = _GaussianMixture(means, stds, weights)
+    density = GaussianMixture(means, stds, weights)
     return Dataset(
         name=name,
         dim=means.shape[1],
@@ -227,7 +152,7 @@ def _mixture(name: str, means: np.ndarray, stds: np.ndarray, weights: np.ndarray
 def _rings() -> Dataset:
     # Radius |R| with R ~ (1/4) sum_{i=0..3} N(i + 1, 0.15^2) (METHOD.md §4). Folding R onto
     # r > 0 makes the density exact; the folded mass, P(R < 0) ~ 1e-11, is below float resolution.
-    density = _Rings(centres=np.arange(1.0, 5.0), std=0.15, weights=np.full(4, 0.25))
+    density = Rings(centres=np.arange(1.0, 5.0), std=0.15, weights=np.full(4, 0.25))
     extent = float(density.centres.max()) + _BOUNDS_MARGIN_STDS * density.std
     return Dataset(
         name="rings",
@@ -285,43 +210,122 @@ _BUILTINS: dict[str, Callable[[], Dataset]] = {
 }
 
 
-def list_datasets() -> list[str]:
+#: What :func:`list_datasets` filters on: every built-in, those with a known density, or the
+#: real datasets of :mod:`numpyro_ebm.real_datasets`.
+DATASET_KINDS = ("all", "density", "real")
+
+
+def _real_builders() -> dict[str, Callable[[], Dataset]]:
+    # Imported here, not at the top: real_datasets builds on Dataset and samples_dataset, defined
+    # in this module. Importing it does not import scikit-learn (its builders do).
+    from numpyro_ebm.real_datasets import REAL_DATASETS
+
+    return REAL_DATASETS
+
+
+def list_datasets(kind: str = "all") -> list[str]:
     """Names of the built-in datasets.
 
+    Args:
+        kind: ``"density"``: those with an exact ``log_prob`` and ``sample`` (METHOD.md §4);
+            ``"real"``: real data bundled with scikit-learn, with ``data`` and fixed splits;
+            ``"all"``: both, the density ones first.
+
     Returns:
-        The names :func:`get_dataset` accepts, in the order of METHOD.md §4.
+        The names :func:`get_dataset` accepts, densities in the order of METHOD.md §4.
+
+    Raises:
+        ValueError: If ``kind`` is not one of :data:`DATASET_KINDS`.
 
     Example:
         >>> list_datasets()[:3]
         ['two-modes-2to1', 'eight-gaussians', 'rings']
+        >>> list_datasets("real")[:2]
+        ['digits', 'digits-2to1']
     """
-    return list(_BUILTINS)
+    if kind not in DATASET_KINDS:
+        raise ValueError(f"expected kind to be one of {DATASET_KINDS}, got {kind!r}")
+    density = list(_BUILTINS) if kind in ("all", "density") else []
+    return density + (list(_real_builders()) if kind in ("all", "real") else [])
 
 
-def _file_dataset(path: Path) -> Dataset:
-    data = load_data(path)
-    low, high = data.min(axis=0), data.max(axis=0)
+def _data_bounds(*arrays: np.ndarray) -> tuple[tuple[float, float], ...]:
+    """A box around every point of ``arrays``, widened by a fraction of each axis's range."""
+    stacked = np.concatenate(arrays)
+    low, high = stacked.min(axis=0), stacked.max(axis=0)
     # A constant column has zero range: give it a unit-wide margin instead.
     margin = np.where(high > low, _FILE_BOUNDS_MARGIN * (high - low), 0.5)
-    bounds = tuple(
-        (float(lo), float(hi)) for lo, hi in zip(low - margin, high + margin, strict=True)
+    return tuple((float(lo), float(hi)) for lo, hi in zip(low - margin, high + margin, strict=True))
+
+
+def samples_dataset(
+    name: str,
+    data: np.ndarray,
+    *,
+    validation_data: np.ndarray | None = None,
+    test_data: np.ndarray | None = None,
+    mode_weights: np.ndarray | None = None,
+    classify: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Dataset:
+    """A dataset given by samples, with bounds covering all its splits.
+
+    Args:
+        name: Its name.
+        data: Training points ``(n, d)``, raw units.
+        validation_data: Held-out points ``(m, d)`` for validation, or ``None``.
+        test_data: Held-out points ``(m, d)`` for the final evaluation, or ``None``.
+        mode_weights: Class weights where ``classify`` assigns points to classes.
+        classify: Raw points ``(n, d)`` to class indices ``(n,)``, or ``None``.
+
+    Returns:
+        The dataset, without ``log_prob`` or ``sample``.
+
+    Raises:
+        ValueError: If a split fails :func:`validate_data` or has another dimension than
+            ``data``.
+
+    Example:
+        >>> ds = samples_dataset("pair", np.array([[0.0], [10.0]]))
+        >>> ds.dim, ds.bounds
+        (1, ((-1.0, 11.0),))
+    """
+    data = validate_data(data)
+    splits = {"validation_data": validation_data, "test_data": test_data}
+    for split, values in splits.items():
+        if values is not None:
+            splits[split] = values = validate_data(values)
+            if values.shape[1] != data.shape[1]:
+                raise ValueError(
+                    f"expected {split} of dimension {data.shape[1]} like data, got shape "
+                    f"{values.shape}"
+                )
+    held_out = [values for values in splits.values() if values is not None]
+    return Dataset(
+        name=name,
+        dim=data.shape[1],
+        bounds=_data_bounds(data, *held_out),
+        mode_weights=mode_weights,
+        data=data,
+        classify=classify,
+        **splits,
     )
-    return Dataset(name=path.stem, dim=data.shape[1], bounds=bounds, data=data)
 
 
 def get_dataset(name_or_path: str | os.PathLike) -> Dataset:
     """Build a built-in dataset by name, or read one from a ``.npy`` / ``.csv`` file.
 
     Args:
-        name_or_path: One of :func:`list_datasets` (METHOD.md §4), or the path of a data file.
+        name_or_path: One of :func:`list_datasets`, or the path of a data file.
 
     Returns:
-        The dataset. A built-in has exact ``log_prob`` and ``sample``; a file dataset has ``data``.
+        The dataset. A built-in with a known density has exact ``log_prob`` and ``sample``; a real
+        built-in has ``data``, ``validation_data`` and ``test_data``; a file dataset has ``data``.
 
     Raises:
         ValueError: If the name is neither a built-in nor a path with a supported extension, or
             the file's data is invalid.
         FileNotFoundError: If a path with a supported extension does not exist.
+        ImportError: If the name is a real dataset and scikit-learn is not installed.
 
     Example:
         >>> ds = get_dataset("eight-gaussians")
@@ -331,9 +335,11 @@ def get_dataset(name_or_path: str | os.PathLike) -> Dataset:
     """
     if isinstance(name_or_path, str) and name_or_path in _BUILTINS:
         return _BUILTINS[name_or_path]()
+    if isinstance(name_or_path, str) and name_or_path in _real_builders():
+        return _real_builders()[name_or_path]()
     path = Path(name_or_path)
     if path.suffix or path.exists():
-        return _file_dataset(path)
+        return samples_dataset(path.stem, load_data(path))
     raise ValueError(
         f"expected a built-in dataset name (one of {list_datasets()}) or a path to a "
         f"{' or '.join(SUPPORTED_SUFFIXES)} file, got {str(name_or_path)!r}"

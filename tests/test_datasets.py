@@ -3,6 +3,7 @@
 import functools
 import math
 import pickle
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +41,7 @@ def _midpoint_integral(ds: Dataset, num_points: int) -> float:
 
 
 def test_list_datasets_is_method_table():
-    assert list_datasets() == TWO_D + HIGH_D
+    assert list_datasets("density") == TWO_D + HIGH_D
 
 
 @pytest.mark.parametrize("name", TWO_D)
@@ -278,3 +279,108 @@ def test_validate_data_accepts_and_casts():
     out = validate_data([[1, 2], [3, 4]])
     assert out.dtype == np.float64 and out.shape == (2, 2)
     assert validate_data(jnp.ones((2, 3), dtype=jnp.float32)).dtype == np.float32
+
+
+def test_list_datasets_all_lists_density_ones_first():
+    assert list_datasets() == list_datasets("density") + list_datasets("real")
+
+
+# -- Columns that are not features: a row index first, a label last ---------------------------
+
+
+def _write_csv(path, data, header=None):
+    rows = [",".join(repr(float(v)) for v in row) for row in data]
+    path.write_text("\n".join(([header] if header else []) + rows) + "\n")
+    return path
+
+
+def _features(num_rows=40, num_columns=3):
+    return np.random.default_rng(0).normal(size=(num_rows, num_columns))
+
+
+@pytest.mark.parametrize(
+    ("header", "first_column", "reason"),
+    [
+        (",a,b,c", np.random.default_rng(1).permutation(40), "its header is ''"),  # pandas
+        ("Unnamed: 0,a,b,c", np.arange(40), "its header is 'Unnamed: 0'"),
+        ("ID,a,b,c", np.arange(100, 140), "its header is 'ID'"),
+        (None, np.arange(40), "0, 1, ..., n - 1 in order"),
+        ("t,a,b,c", np.arange(1, 41), "1, 2, ..., n in order"),
+    ],
+)
+def test_csv_index_column_is_dropped_with_warning(tmp_path, header, first_column, reason):
+    features = _features()
+    path = _write_csv(tmp_path / "indexed.csv", np.column_stack([first_column, features]), header)
+    with pytest.warns(UserWarning, match=r"indexed\.csv: dropped column 0") as caught:
+        loaded = load_data(path)
+    assert len(caught) == 1 and reason in str(caught[0].message)
+    np.testing.assert_array_equal(loaded, features)
+
+
+def test_npy_index_column_is_dropped_with_warning(tmp_path):
+    features = _features()
+    np.save(tmp_path / "indexed.npy", np.column_stack([np.arange(40), features]))
+    with pytest.warns(UserWarning, match="looks like a row index"):
+        ds = get_dataset(tmp_path / "indexed.npy")
+    np.testing.assert_array_equal(ds.data, features)
+
+
+@pytest.mark.parametrize("header", ["a,b,c,label", "a,b,c,Species", "a,b,c,y"])
+def test_csv_label_header_warns_and_keeps_column(tmp_path, header):
+    data = _features(num_rows=5, num_columns=4)  # continuous: only the name gives it away
+    path = _write_csv(tmp_path / "labelled.csv", data, header)
+    with pytest.warns(UserWarning, match=r"last column \('\w+'\) looks like a class label") as w:
+        loaded = load_data(path)
+    assert "remove it" in str(w[0].message)
+    np.testing.assert_array_equal(loaded, data)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npy"])
+def test_integer_label_values_warn(tmp_path, suffix):
+    labels = np.arange(40) % 3
+    data = np.column_stack([_features(), labels])
+    path = tmp_path / f"labelled{suffix}"
+    if suffix == ".npy":
+        np.save(path, data)
+    else:
+        _write_csv(path, data)
+    with pytest.warns(UserWarning, match=r"\(it holds 3 distinct integers while every other"):
+        loaded = load_data(path)
+    np.testing.assert_array_equal(loaded, data)
+
+
+def test_index_and_label_together(tmp_path):
+    data = np.column_stack([np.arange(40), _features(), np.arange(40) % 2])
+    path = _write_csv(tmp_path / "both.csv", data, ",a,b,c,target")
+    with pytest.warns(UserWarning) as caught:
+        loaded = load_data(path)
+    messages = [str(warning.message) for warning in caught]
+    assert len(messages) == 2 and "row index" in messages[0] and "'target'" in messages[1]
+    np.testing.assert_array_equal(loaded, data[:, 1:])
+
+
+def _integer_table():
+    return np.random.default_rng(2).integers(0, 5, size=(60, 4)).astype(float)
+
+
+@pytest.mark.parametrize(
+    ("data", "header"),
+    [
+        (_features(), None),  # continuous
+        (_features(), "a,b,c"),
+        (_features(num_columns=2), "x,y"),  # 2-D points: "y" is a coordinate here
+        (np.sort(_features(), axis=0), None),  # sorted, but not 0..n-1
+        (_integer_table(), None),  # integer features (pixels, counts): no column stands out
+        (_features(num_rows=3), None),
+        (np.column_stack([_features(num_rows=10), np.arange(10) % 2]), None),  # too few rows
+        (np.array([[1.0, 2.0, 3.0]]), None),  # 1 row: its first value is trivially "1..n"
+        (np.arange(5.0)[:, None], "index"),  # a single column is never dropped
+    ],
+)
+def test_plain_data_raises_no_warning(tmp_path, data, header):
+    path = _write_csv(tmp_path / "plain.csv", data, header)
+    np.save(tmp_path / "plain.npy", data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(load_data(path), data)
+        np.testing.assert_array_equal(load_data(tmp_path / "plain.npy"), data)

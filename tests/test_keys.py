@@ -110,7 +110,7 @@ def test_flows_accept_both_key_kinds():
 
 
 def test_datasets_and_energies_accept_both_key_kinds():
-    for name in list_datasets():
+    for name in list_datasets("density"):
         dataset = get_dataset(name)
         typed, raw = _both_kinds(lambda key, dataset=dataset: dataset.sample(key, 5))
         assert leaves_equal(typed, raw), name
