@@ -7,6 +7,7 @@ Usage::
                        [--fast] [--steps-per-epoch N] [--walkers W] [--batch-size B] [--lr LR]
                        [--flow-lr LR] [--l2 L2] [--checkpoint-every N] [--set NAME=VALUE] ...
     numpyro-ebm sample DIR --num-samples N [--num-chains C] [--num-warmup N] [--seed S]
+    numpyro-ebm evaluate DIR --data DATA [--out FILE.json] [--num-samples N] [--seed S]
 
 ``train`` accepts a built-in dataset name (``two-modes-2to1``, ``eight-gaussians``, ``rings``,
 ``four-modes``, ``gmm-16``, ``gmm-32``, ``gmm-64``) or a ``.npy`` / ``.csv`` file of shape
@@ -17,7 +18,9 @@ error, and ``--set NAME=VALUE`` sets any of its settings. It writes to ``DIR``:
 ``negatives.npy`` where the objective keeps samples), ``report.json`` (metrics, settings,
 timings, history) and PNG figures (``energy.png`` in 2-D, ``samples.png``,
 ``mode_weights.png``, ``training.png``). ``sample`` writes ``samples.npy`` and ``summary.csv``
-(ArviZ) to ``DIR``.
+(ArviZ) to ``DIR``, in the units of the training data. ``evaluate`` prints and writes (JSON) the
+held-out log-likelihood of ``DATA`` (a file in the training data's raw units, or a built-in's
+name for its test split) with log Z, its standard error and the importance ESS.
 """
 
 from __future__ import annotations
@@ -144,6 +147,21 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     sample.add_argument("--out", metavar="OUT", help="write here instead of DIR")
     sample.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="held-out log-likelihood of a trained model",
+        description="Estimate log Z of DIR's model and the mean log-likelihood of held-out data.",
+    )
+    evaluate.add_argument("run_dir", metavar="DIR", help="run directory of `numpyro-ebm train`")
+    evaluate.add_argument(
+        "--data", required=True, help=".npy/.csv file (raw units), or a built-in's test split"
+    )
+    evaluate.add_argument("--out", metavar="FILE", help="also write the results as JSON")
+    evaluate.add_argument(
+        "--num-samples", type=int, default=16_384, help="importance draws (default 16384)"
+    )
+    evaluate.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     return parser
 
 
@@ -198,6 +216,9 @@ def _run_train(args: argparse.Namespace) -> int:
         args.data, config, out_dir=out, resume=args.resume, progress_bar=not args.no_progress
     )
     trainer = result.trainer
+    if result.best_state is not None:  # the model kept is the best validation's
+        best = result.best_state
+        result = result._replace(state=best, energy=trainer.energy(best), flow=trainer.flow(best))
     metrics = evaluate(result, **(_FAST_EVALUATION if args.fast else _EVALUATION))
     negatives = trainer.negatives(result.state)
     save_model(
@@ -206,7 +227,11 @@ def _run_train(args: argparse.Namespace) -> int:
         trainer.base_scale,
         flow=result.flow,
         negatives=negatives,
-        extra={"dataset": trainer.dataset_spec, "objective": config.objective.to_dict()},
+        extra={
+            "dataset": trainer.dataset_spec,
+            "objective": config.objective.to_dict(),
+            "preprocessing": trainer.preprocessing.to_dict(),
+        },
     )
 
     plots_start = time.perf_counter()
@@ -291,6 +316,39 @@ def _run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import jax
+
+    from numpyro_ebm.datasets import get_dataset
+    from numpyro_ebm.training import load_model
+    from numpyro_ebm.training.checkpoint import write_json
+    from numpyro_ebm.training.heldout import heldout_metrics, saved_preprocessing
+
+    model = load_model(args.run_dir)
+    dataset = get_dataset(args.data)
+    points = dataset.data if dataset.test_data is None else dataset.test_data
+    if points is None:
+        raise ValueError(
+            f"expected held-out points: a data file or a built-in with a test split, got "
+            f"{args.data!r}, which has none"
+        )
+    preprocessing = saved_preprocessing(model.settings)
+    metrics = heldout_metrics(
+        jax.random.key(args.seed),
+        model.energy,
+        model.base_scale,
+        model.flow,
+        preprocessing,
+        points,
+        num_samples=args.num_samples,
+    )
+    result = {"command": "evaluate", "run_dir": str(args.run_dir), "data": args.data, **metrics}
+    if args.out:
+        write_json(Path(args.out), result)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``numpyro-ebm`` command line.
 
@@ -303,9 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "train":
-            return _run_train(args)
-        return _run_sample(args)
+        commands = {"train": _run_train, "sample": _run_sample, "evaluate": _run_evaluate}
+        return commands[args.command](args)
     except (ValueError, FileNotFoundError) as error:
         print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
         return 2

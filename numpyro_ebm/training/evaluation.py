@@ -7,6 +7,9 @@
 - Known modes, any dimension: zone weights of the final negatives (objectives that keep
   samples); for ``d > 2`` also of a :class:`~numpyro_ebm.FlowMCKernel` run on the trained
   model, started from the negatives or, without them, from ρ.
+- Data with a test split (the real built-ins): the test points' log-likelihood in raw units,
+  log Z with its standard error and the importance ESS (:mod:`~numpyro_ebm.training.heldout`),
+  each under a ``test_`` prefix.
 - Mixing of the negatives (objectives with persistent chains, ``pcd``): the chains continue
   with the energy frozen, and the max R̂ / min bulk ESS are taken across its walkers as
   independent chains. Other objectives' samples restart at every step, so their R̂ says
@@ -27,6 +30,7 @@ from numpyro_ebm.metrics import (
     zone_weight_mse,
     zone_weights_from_samples,
 )
+from numpyro_ebm.training.heldout import heldout_metrics
 from numpyro_ebm.training.sampling import sample_energy
 from numpyro_ebm.training.trainer import TrainResult
 
@@ -109,6 +113,17 @@ def evaluate(
             total_energy, dataset.log_prob, dataset.bounds, trainer.config.grid_points
         )
 
+    if dataset.test_data is not None:
+        test = heldout_metrics(
+            jax.random.key(seed),
+            trainer.energy(state),
+            trainer.base_scale,
+            trainer.flow(state),
+            trainer.preprocessing,
+            dataset.test_data,
+            num_samples=trainer.config.validation_samples,
+        )
+        metrics.update({f"test_{name}": value for name, value in test.items()})
     if objective.persistent:
         metrics.update(_mixing_metrics(trainer.negative_chains(state, num_chain_steps)))
     last = result.history[-1] if result.history else {}
