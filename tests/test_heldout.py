@@ -1,0 +1,225 @@
+"""Preprocessing that travels with a run, validation during training, and held-out likelihoods."""
+
+import json
+import math
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _objectives import TRAINER_SETTINGS
+from scipy.stats import norm
+
+from numpyro_ebm.cli import main
+from numpyro_ebm.preprocessing import Preprocessing
+from numpyro_ebm.training import TrainConfig, Trainer
+from numpyro_ebm.training import validation as validation_module
+from numpyro_ebm.training.data import training_data
+from numpyro_ebm.training.heldout import heldout_metrics
+from numpyro_ebm.training.validation import mixing_message
+
+MINI = TRAINER_SETTINGS | dict(
+    steps_per_epoch=4, num_walkers=32, num_particles=4, num_local_steps=1, fit_batch_size=16
+)
+
+
+def _zero_energy(x):
+    return 0.0 * jnp.sum(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Preprocessing
+
+
+def test_preprocessing_inverts_and_its_jacobian_is_the_log_determinant():
+    raw = np.random.default_rng(0).normal([100.0, -3.0, 0.0], [50.0, 0.01, 1.0], (500, 3))
+    prep = Preprocessing.fit(raw)
+    assert not prep.dequantize
+    z = prep.transform(raw)
+    np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(z.std(axis=0), 1.0, atol=1e-5)
+    np.testing.assert_allclose(prep.inverse(z), raw, rtol=1e-5, atol=1e-5)
+    jacobian = jax.jacobian(lambda x: (x - prep.shift) / prep.scale)(jnp.asarray(raw[0]))
+    _, log_det = jnp.linalg.slogdet(jacobian)
+    assert prep.log_det_jacobian == pytest.approx(float(log_det), abs=1e-4)
+    again = Preprocessing.from_dict(json.loads(json.dumps(prep.to_dict())))
+    np.testing.assert_array_equal(again.transform(raw), z)
+
+
+def test_integer_data_is_dequantised_within_its_cells():
+    raw = np.random.default_rng(1).integers(0, 17, size=(300, 4)).astype(float)
+    prep = Preprocessing.fit(raw)
+    assert prep.dequantize
+    key = jax.random.key(0)
+    back = prep.inverse(prep.transform(raw, key))
+    np.testing.assert_array_equal(np.floor(back + 1e-4), raw)  # x + u with u in [0, 1)
+    assert np.ptp(back - raw) > 0.9  # the noise fills the cell
+    with pytest.raises(ValueError, match="rng_key"):
+        prep.transform(raw)
+
+
+@pytest.mark.parametrize(
+    ("shift", "scale", "match"),
+    [(np.zeros(2), np.ones(3), "one shape"), (np.zeros(2), np.array([1.0, 0.0]), "positive")],
+)
+def test_preprocessing_rejects_bad_maps(shift, scale, match):
+    with pytest.raises(ValueError, match=match):
+        Preprocessing(shift, scale)
+
+
+def test_points_of_another_dimension_are_a_clear_error():
+    with pytest.raises(ValueError, match=r"shape \(n, 2\)"):
+        Preprocessing.identity(2).transform(np.zeros((3, 5)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits
+
+
+def test_file_data_is_split_standardised_and_deterministic(tmp_path):
+    path = tmp_path / "points.npy"
+    raw = np.random.default_rng(0).normal(1000.0, 30.0, size=(200, 2))
+    np.save(path, raw)
+    first = training_data(path, jax.random.key(0), 0)
+    second = training_data(path, jax.random.key(0), 0)
+    assert first.data.shape == (180, 2) and first.validation.shape == (20, 2)
+    np.testing.assert_array_equal(first.data, second.data)
+    train_raw = first.preprocessing.inverse(np.asarray(first.data))
+    valid_raw = first.preprocessing.inverse(np.asarray(first.validation))
+    every = np.concatenate([train_raw, valid_raw])
+    np.testing.assert_allclose(np.sort(every, axis=0), np.sort(raw, axis=0), rtol=1e-5)
+    assert first.base_scale == pytest.approx(1.0, abs=1e-3)  # standardised coordinates
+    none = training_data(path, jax.random.key(0), 0, preprocess="none", validation_fraction=0)
+    assert none.preprocessing.is_identity and none.validation is None
+    assert none.data.shape == (200, 2)
+
+
+def test_builtins_keep_their_coordinates_and_real_data_its_split():
+    synthetic = training_data("two-modes-2to1", jax.random.key(0), 100)
+    assert synthetic.preprocessing.is_identity and synthetic.validation is None
+    wine = training_data("wine", jax.random.key(0), 0)
+    assert wine.data.shape == (144, 13) and wine.validation.shape == (17, 13)
+    assert not wine.preprocessing.is_identity
+
+
+# ---------------------------------------------------------------------------------------------
+# Held-out log-likelihood in raw units
+
+
+def test_heldout_log_likelihood_is_in_raw_units():
+    # Model exp(-0) ρ with ρ = N(0, σ²I) on z = (x - shift) / scale: x ~ N(shift, (σ scale)²).
+    sigma, shift, scale = 1.5, np.array([100.0, -2.0]), np.array([10.0, 0.1])
+    prep = Preprocessing(shift, scale)
+    raw = np.random.default_rng(0).normal(shift, 2 * scale, size=(50, 2))
+    metrics = heldout_metrics(
+        jax.random.key(0), _zero_energy, sigma, None, prep, raw, num_samples=256
+    )
+    exact = norm.logpdf(raw, shift, sigma * scale).sum(axis=1).mean()
+    # ρ proposes exactly the model: every weight is 1, log Ẑ = 0 with no error.
+    assert metrics["log_normalizer"] == pytest.approx(0.0, abs=1e-5)
+    assert metrics["heldout_log_likelihood"] == pytest.approx(exact, abs=1e-3)
+    # The control: without the Jacobian the figure would be off by Σ log scale = 0.0.
+    standardized = metrics["heldout_log_likelihood_standardized"]
+    assert abs(standardized - exact) == pytest.approx(abs(prep.log_det_jacobian), abs=1e-3)
+    assert metrics["bits_per_dim"] == pytest.approx(-exact / (2 * math.log(2)), abs=1e-3)
+    with pytest.raises(ValueError, match=r"shape \(n, 2\)"):
+        heldout_metrics(jax.random.key(0), _zero_energy, sigma, None, prep, raw[:, :1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation during training
+
+
+def test_validation_is_recorded_and_the_best_state_kept(tmp_path):
+    config = TrainConfig().with_settings(**{**MINI, "num_epochs": 3}, validation_samples=64)
+    result = Trainer("wine", config).fit(out_dir=tmp_path, progress_bar=False)
+    values = [entry["val_log_likelihood"] for entry in result.history]
+    assert len(values) == 3 and all(math.isfinite(v) for v in values)
+    assert all(entry["val_importance_ess"] > 1 for entry in result.history)
+    best = int(np.argmax(values)) + 1
+    assert int(result.best_state.step) == best * MINI["steps_per_epoch"]
+    assert (tmp_path / "best_checkpoint").is_dir()
+
+
+def test_early_stopping_ends_the_run_and_resumes_to_the_same_end(tmp_path, monkeypatch):
+    # Validation figures that peak at epoch 2: patience 2 stops after epoch 4 of 10.
+    figures = iter([1.0, 2.0, 1.5, 1.2, 9.0, 9.0])
+
+    def fake_validate(*args, **kwargs):
+        return {"val_log_likelihood": next(figures)}
+
+    monkeypatch.setattr("numpyro_ebm.training.trainer.validate", fake_validate)
+    config = TrainConfig().with_settings(**{**MINI, "num_epochs": 10}, patience=2)
+    result = Trainer("wine", config).fit(out_dir=tmp_path, progress_bar=False)
+    assert [entry["epoch"] for entry in result.history] == [1, 2, 3, 4]
+    assert int(result.best_state.step) == 2 * MINI["steps_per_epoch"]
+    assert validation_module.best_epoch(result.history) == 2
+    # Resuming a stopped run does not train on: its history already says stop.
+    resumed = Trainer("wine", config).fit(out_dir=tmp_path, resume=True, progress_bar=False)
+    assert len(resumed.history) == 4 and int(resumed.state.step) == int(result.state.step)
+    assert int(resumed.best_state.step) == 2 * MINI["steps_per_epoch"]
+
+
+def test_frozen_negatives_warn_and_mixing_ones_do_not():
+    settings = {**MINI, "num_epochs": 1, "steps_per_epoch": 40}
+    frozen = TrainConfig().with_settings(**settings, sampler="ula", ula_step_size=1e-12)
+    with pytest.warns(RuntimeWarning, match="not mixing") as caught:
+        result = Trainer("two-modes-2to1", frozen).fit(progress_bar=False)
+    assert result.history[0]["negatives_rhat"] > 1.1
+    assert len([w for w in caught if "not mixing" in str(w.message)]) == 1
+    healthy = TrainConfig().with_settings(**settings)  # flowmc: flow moves mix the walkers
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        result = Trainer("two-modes-2to1", healthy).fit(progress_bar=False)
+    assert result.history[0]["negatives_rhat"] < 1.1
+
+
+def test_a_useless_flow_is_named():
+    message = mixing_message({"epoch": 3, "global_accept_prob": 0.001})
+    assert "global moves" in message
+    assert mixing_message({"epoch": 3, "global_accept_prob": 0.001}, global_moves=False) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# numpyro-ebm evaluate
+
+
+@pytest.fixture(scope="module")
+def file_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    raw = np.random.default_rng(0).normal([500.0, 5.0], [40.0, 0.5], size=(400, 2))
+    np.savetxt(root / "train.csv", raw[:300], delimiter=",")
+    np.savetxt(root / "test.csv", raw[300:], delimiter=",")
+    assert main(["train", str(root / "train.csv"), "--out", str(root / "run"), "--fast"]) == 0
+    return root
+
+
+def test_evaluate_writes_json_in_raw_units(file_run, capsys):
+    out = file_run / "eval.json"
+    code = main(
+        ["evaluate", str(file_run / "run"), "--data", str(file_run / "test.csv"),
+         "--out", str(out), "--num-samples", "512"]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(out.read_text())
+    for key in ("log_normalizer", "log_normalizer_stderr", "heldout_log_likelihood",
+                "heldout_log_likelihood_stderr", "importance_ess", "method"):  # fmt: skip
+        assert key in result
+    assert json.loads(capsys.readouterr().out) == result
+    log_det = -math.log(40.0) - math.log(0.5)  # the data's scales, about
+    shift = result["heldout_log_likelihood"] - result["heldout_log_likelihood_standardized"]
+    assert shift == pytest.approx(log_det, abs=0.2)
+    # The raw-unit figure is that of a density on raw data: a Gaussian fit scores near it.
+    raw = np.loadtxt(file_run / "test.csv", delimiter=",")
+    gaussian = norm.logpdf(raw, raw.mean(0), raw.std(0)).sum(axis=1).mean()
+    assert abs(result["heldout_log_likelihood"] - gaussian) < 1.0
+
+
+def test_evaluate_errors_are_clear(file_run, tmp_path, capsys):
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((5, 3)))
+    assert main(["evaluate", str(file_run / "run"), "--data", str(wrong)]) == 2
+    assert "shape (n, 2)" in capsys.readouterr().err
+    assert main(["evaluate", str(file_run / "run"), "--data", "two-modes-2to1"]) == 2
+    assert "test split" in capsys.readouterr().err
