@@ -31,11 +31,12 @@ from flowjax.distributions import AbstractDistribution
 
 from numpyro_ebm._checks import positive_int
 from numpyro_ebm.datasets import Dataset
-from numpyro_ebm.energies import MLPEnergy, TiltedEnergy
+from numpyro_ebm.energies import TiltedEnergy
 from numpyro_ebm.metrics import zone_weights_from_energy, zone_weights_from_samples
 from numpyro_ebm.training.checkpoint import strongly_typed, write_json
 from numpyro_ebm.training.config import TrainConfig
 from numpyro_ebm.training.data import training_data
+from numpyro_ebm.training.energy_specs import energy_spec, training_energy
 from numpyro_ebm.training.objectives import Objective, ObjectiveContext
 from numpyro_ebm.training.progress import EpochProgress
 from numpyro_ebm.training.run_dir import (
@@ -87,8 +88,8 @@ class Trainer:
     Args:
         dataset: A :class:`~numpyro_ebm.datasets.Dataset`, a built-in name, or a data file path.
         config: The run's settings.
-        energy_optimizer: The energy's optax optimizer; by default ``optax.adam`` with
-            ``config.learning_rate``.
+        energy: Your own energy module instead of ``config.energy``'s (recorded as "custom").
+        energy_optimizer: The energy's optimizer; ``optax.adam(config.learning_rate)`` by default.
 
     Example:
         >>> from numpyro_ebm.training.objectives import PCD
@@ -105,6 +106,7 @@ class Trainer:
         dataset: Dataset | str | os.PathLike,
         config: TrainConfig | None = None,
         *,
+        energy: eqx.Module | None = None,
         energy_optimizer: optax.GradientTransformation | None = None,
     ):
         self.config = TrainConfig() if config is None else config
@@ -114,9 +116,7 @@ class Trainer:
         run_data = training_data(dataset, keys[0], cfg.num_data, cfg.base_scale)
         self.dataset, self.dataset_spec, self.data, self.base_scale = run_data
         self.dim = int(self.data.shape[1])
-        energy = MLPEnergy(
-            self.dim, width=cfg.energy_width, depth=cfg.energy_depth, key=self._key_energy
-        )
+        energy, self.config = training_energy(energy, cfg, self.dim, key=self._key_energy)
         self._initial_energy_params, self.energy_static = eqx.partition(energy, eqx.is_array)
         self.objective: Objective = cfg.objective.build(
             ObjectiveContext(energy, self.dim, self.base_scale, cfg.batch_size)
@@ -343,7 +343,7 @@ class Trainer:
         )
 
     def settings(self, num_epochs: int | None = None) -> dict[str, Any]:
-        """The JSON settings of the run: config, dataset, dimension and the resolved σ.
+        """The JSON settings of the run: config, dataset, dimension, σ and the energy's spec.
 
         Args:
             num_epochs: Epochs of the run, if not ``config.num_epochs``.
@@ -358,6 +358,7 @@ class Trainer:
             "dataset": self.dataset_spec,
             "dim": self.dim,
             "base_scale": self.base_scale,
+            "energy": energy_spec(eqx.combine(self._initial_energy_params, self.energy_static)),
             "config": config,
         }
 
@@ -369,6 +370,7 @@ def train(
     out_dir: str | os.PathLike | None = None,
     resume: bool = False,
     progress_bar: bool = True,
+    energy: eqx.Module | None = None,
     energy_optimizer: optax.GradientTransformation | None = None,
 ) -> TrainResult:
     """Train a tilted EBM on ``dataset`` (see :class:`Trainer` and :meth:`Trainer.fit`).
@@ -379,6 +381,7 @@ def train(
         out_dir: Directory for settings and checkpoints, or ``None``.
         resume: Continue from the last checkpoint in ``out_dir``.
         progress_bar: Show a progress bar per epoch.
+        energy: An energy network of your own instead of ``config.energy``'s.
         energy_optimizer: Optax optimizer of the energy (Adam with the config's rate by default).
 
     Returns:
@@ -392,5 +395,5 @@ def train(
         >>> sorted(result.history[0])[:3]
         ['accept_prob', 'energy_gap', 'epoch']
     """
-    trainer = Trainer(dataset, config, energy_optimizer=energy_optimizer)
+    trainer = Trainer(dataset, config, energy=energy, energy_optimizer=energy_optimizer)
     return trainer.fit(out_dir=out_dir, resume=resume, progress_bar=progress_bar)
