@@ -5,7 +5,8 @@ Usage::
     numpyro-ebm train DATA --out DIR [--objective pcd|cd|short-run|dsm|ssm|nce|coopflow]
                        [--sampler flowmc|ula|mala|nt] [--epochs N] [--seed S] [--resume]
                        [--fast] [--steps-per-epoch N] [--walkers W] [--batch-size B] [--lr LR]
-                       [--flow-lr LR] [--l2 L2] [--checkpoint-every N] [--set NAME=VALUE] ...
+                       [--flow-lr LR] [--l2 L2] [--checkpoint-every N] [--set NAME=VALUE]
+                       [--energy mlp|conv] [--width W] [--depth D] ...
     numpyro-ebm sample DIR --num-samples N [--num-chains C] [--num-warmup N] [--seed S]
     numpyro-ebm evaluate DIR --data DATA [--out FILE.json] [--num-samples N] [--seed S]
 
@@ -72,6 +73,7 @@ _CONFIG_OPTIONS = {
     "local_steps": "num_local_steps",
     "rounds": "num_rounds",
     "global_move": "global_move",
+    "energy": "energy",
     "width": "energy_width",
     "depth": "energy_depth",
     "checkpoint_every": "checkpoint_every",
@@ -121,8 +123,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--local-steps", type=int, help="MALA/ULA steps per round (default 5)")
     train.add_argument("--rounds", type=int, help="flowMC rounds per EBM step (default 1)")
     train.add_argument("--global-move", choices=("isir", "imh"), help="flow move (default isir)")
-    train.add_argument("--width", type=int, help="energy hidden width (default 64)")
-    train.add_argument("--depth", type=int, help="energy hidden layers (default 3)")
+    train.add_argument(
+        "--energy",
+        choices=("mlp", "conv"),
+        help="energy network (default mlp; conv: square images)",
+    )
+    train.add_argument("--width", type=int, help="mlp energy hidden width (default 64)")
+    train.add_argument("--depth", type=int, help="mlp energy hidden layers (default 3)")
     train.add_argument(
         "--checkpoint-every", type=int, help="steps between checkpoints (default: every epoch)"
     )

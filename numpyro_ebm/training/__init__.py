@@ -12,6 +12,8 @@
 - :mod:`~numpyro_ebm.training.evaluation`: the report's metrics.
 - :mod:`~numpyro_ebm.training.model_io` and :mod:`~numpyro_ebm.training.sampling`: saving a
   trained model, :func:`load_energy`, and sampling it with ``FlowMCKernel``.
+- :mod:`~numpyro_ebm.training.energy_specs`: which energy network a run trains (``mlp``,
+  ``conv`` or a module of the user's) and the JSON spec that rebuilds a saved one.
 - :mod:`~numpyro_ebm.training.run_dir` and :mod:`~numpyro_ebm.training.run_files`: writing a
   run directory, and reading its files, each checked, with errors ``<file>: <what is wrong>``.
 

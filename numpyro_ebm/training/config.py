@@ -7,6 +7,7 @@ from typing import Any
 
 from numpyro_ebm._checks import positive_float, positive_int
 from numpyro_ebm.preprocessing import PREPROCESS_CHOICES
+from numpyro_ebm.training.energy_specs import ENERGY_NAMES
 from numpyro_ebm.training.objectives import PCD, ObjectiveSettings, objective_settings
 
 __all__ = ["TrainConfig"]
@@ -33,8 +34,11 @@ class TrainConfig:
             stochastic gradients give the relative mode weights); 0 keeps the last iterate.
         base_scale: σ of the tilt ρ = N(0, σ² I); ``None`` takes the root mean square of the
             training data's coordinates, so that ρ covers the data.
-        energy_width: Units per hidden layer of the :class:`~numpyro_ebm.energies.MLPEnergy`.
-        energy_depth: Hidden layers of the energy.
+        energy: The energy network: ``"mlp"`` (an :class:`~numpyro_ebm.energies.MLPEnergy`),
+            ``"conv"`` (a :class:`~numpyro_ebm.networks.ConvEnergy` of square images with its
+            default channels) or ``"custom"`` (a module given as ``Trainer(energy=...)``).
+        energy_width: Units per hidden layer of the ``"mlp"`` energy.
+        energy_depth: Hidden layers of the ``"mlp"`` energy.
         num_data: Training points drawn from a built-in dataset (file data is used as given).
         preprocess: ``"auto"`` standardises data given by samples (files, real built-ins),
             dequantising integer-valued data first, and leaves built-ins with a known density
@@ -67,6 +71,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     ema_decay: float = 0.995
     base_scale: float | None = None
+    energy: str = "mlp"
     energy_width: int = 64
     energy_depth: int = 3
     num_data: int = 50_000
@@ -108,6 +113,8 @@ class TrainConfig:
         positive_float("learning_rate", self.learning_rate)
         if self.base_scale is not None:
             positive_float("base_scale", self.base_scale)
+        if self.energy not in ENERGY_NAMES:
+            raise ValueError(f"expected `energy` among {ENERGY_NAMES}, got {self.energy!r}")
         if not (isinstance(self.ema_decay, int | float) and 0 <= self.ema_decay < 1):
             raise ValueError(f"expected `ema_decay` in [0, 1), got {self.ema_decay!r}")
 

@@ -2,13 +2,15 @@
 
 A run directory written by :func:`save_model` holds
 
-- ``model.json``: dimension, σ of the tilt, the energy network's shape and whether a flow
-  was trained;
+- ``model.json``: dimension, σ of the tilt, the energy network's spec (``"energy"``, see
+  :mod:`~numpyro_ebm.training.energy_specs`) and whether a flow was trained;
 - ``model.eqx``: the energy's arrays and the flow's trainable arrays, written with equinox
   serialisation (``.npy`` records, no pickle);
 - ``negatives.npy``: the final persistent walkers, used to start sampling.
 
-:func:`load_energy` gives back the model's total energy ``E_θ(x) - log ρ(x)``.
+:func:`load_energy` gives back the model's total energy ``E_θ(x) - log ρ(x)``. A built-in energy
+network is rebuilt from its spec; a network of the user's is rebuilt from a template module of
+the same structure passed as ``energy=``, whose arrays are replaced by the saved ones.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 from flowjax.distributions import AbstractDistribution
 
-from numpyro_ebm.energies import MLPEnergy, TiltedEnergy
+from numpyro_ebm.energies import TiltedEnergy
 from numpyro_ebm.flows import default_flow, merge_flow, split_flow
+from numpyro_ebm.networks import check_energy
 from numpyro_ebm.training.checkpoint import load_checkpoint, save_checkpoint, write_json
+from numpyro_ebm.training.energy_specs import energy_from_spec, energy_spec
 from numpyro_ebm.training.run_files import read_model_settings, read_negatives
 
 __all__ = ["TrainedModel", "load_energy", "load_model", "save_model"]
@@ -54,14 +58,9 @@ class TrainedModel(NamedTuple):
     settings: dict[str, Any]
 
 
-def _templates(settings: dict[str, Any]) -> tuple[eqx.Module, Any, Any]:
+def _templates(settings: dict[str, Any], energy: eqx.Module | None) -> tuple[eqx.Module, Any, Any]:
     dim = int(settings["dim"])
-    energy = MLPEnergy(
-        dim,
-        width=int(settings["energy_width"]),
-        depth=int(settings["energy_depth"]),
-        key=jax.random.key(0),
-    )
+    energy = energy_from_spec(settings["energy"], dim, template=energy)
     flow_params, flow_static = (None, None)
     if settings["has_flow"]:
         flow = default_flow(jax.random.key(0), dim, loc=0.0, scale=float(settings["base_scale"]))
@@ -71,43 +70,59 @@ def _templates(settings: dict[str, Any]) -> tuple[eqx.Module, Any, Any]:
 
 def save_model(
     out_dir: str | os.PathLike,
-    energy: MLPEnergy,
+    energy: eqx.Module,
     base_scale: float,
     *,
     flow: AbstractDistribution | None = None,
     negatives: jax.Array | None = None,
     extra: dict[str, Any] | None = None,
+    dim: int | None = None,
 ) -> Path:
     """Write a trained model to ``out_dir``.
 
     Args:
         out_dir: Run directory (created if needed).
-        energy: The trained :class:`~numpyro_ebm.energies.MLPEnergy`.
+        energy: The trained energy: an :class:`~numpyro_ebm.energies.MLPEnergy`, a
+            :class:`~numpyro_ebm.networks.ConvEnergy` or any module that
+            :func:`~numpyro_ebm.networks.check_energy` accepts.
         base_scale: σ of the tilt.
         flow: The trained flow (the default flow of :func:`~numpyro_ebm.flows.default_flow`
             started at ``loc=0, scale=base_scale``), or ``None``.
         negatives: Final walkers to store, or ``None``.
         extra: More JSON-serialisable entries for ``model.json``.
+        dim: Dimension of a point; by default ``energy.dim``, else that of ``negatives``.
 
     Returns:
         The directory.
 
+    Raises:
+        TypeError, ValueError: If ``energy`` is not an energy module of points of ``dim``
+            (see :func:`~numpyro_ebm.networks.check_energy`), or ``dim`` is unknown.
+
     Example:
         >>> import tempfile, jax, jax.numpy as jnp
+        >>> from numpyro_ebm.energies import MLPEnergy
         >>> energy = MLPEnergy(2, width=4, depth=1, key=jax.random.key(0))
         >>> out = save_model(tempfile.mkdtemp(), energy, 1.0)
         >>> load_energy(out)(jnp.zeros((3, 2))).shape
         (3,)
     """
-    if not isinstance(energy, MLPEnergy):
-        raise TypeError(f"expected an MLPEnergy, got {type(energy).__name__}")
+    if dim is None:
+        dim = getattr(energy, "dim", None)
+    if dim is None and negatives is not None:
+        dim = int(np.shape(negatives)[-1])
+    if dim is None:
+        raise ValueError(
+            f"expected `dim` for an energy without a `dim` attribute, got {type(energy).__name__} "
+            "and neither `dim` nor `negatives`"
+        )
+    check_energy(energy, dim)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {
-        "dim": energy.dim,
+        "dim": int(dim),
         "base_scale": float(base_scale),
-        "energy_width": energy.width,
-        "energy_depth": energy.depth,
+        "energy": energy_spec(energy),
         "has_flow": flow is not None,
         **(extra or {}),
     }
@@ -122,11 +137,14 @@ def save_model(
     return out_dir
 
 
-def load_model(out_dir: str | os.PathLike) -> TrainedModel:
+def load_model(out_dir: str | os.PathLike, energy: eqx.Module | None = None) -> TrainedModel:
     """Read a model written by :func:`save_model` (e.g. by ``numpyro-ebm train``).
 
     Args:
         out_dir: Run directory.
+        energy: For an energy network of your own (``"type": "custom"`` in ``model.json``): a
+            module of the same structure, e.g. a freshly initialised instance, whose arrays are
+            replaced by the saved ones. Built-in networks are rebuilt without it.
 
     Returns:
         The trained model.
@@ -134,7 +152,15 @@ def load_model(out_dir: str | os.PathLike) -> TrainedModel:
     Raises:
         FileNotFoundError: If ``out_dir`` holds no trained model.
         ValueError: ``<file>: <what is wrong>`` if one of its files is damaged (see
-            :mod:`~numpyro_ebm.training.run_files`).
+            :mod:`~numpyro_ebm.training.run_files`), or if a custom energy has no template or
+            a template of another structure.
+
+    Example:
+        >>> import tempfile, jax
+        >>> from numpyro_ebm.networks import ConvEnergy
+        >>> out = save_model(tempfile.mkdtemp(), ConvEnergy((4, 4), key=jax.random.key(0)), 1.0)
+        >>> load_model(out).settings["energy"]
+        {'type': 'conv', 'image_shape': [4, 4], 'channels': [16, 32]}
     """
     out_dir = Path(out_dir)
     settings_path = out_dir / MODEL_SETTINGS_FILE
@@ -144,7 +170,10 @@ def load_model(out_dir: str | os.PathLike) -> TrainedModel:
             f"{str(out_dir)!r}, found none: train one with `numpyro-ebm train DATA --out DIR`"
         )
     settings = read_model_settings(settings_path)
-    energy, flow_params, flow_static = _templates(settings)
+    try:
+        energy, flow_params, flow_static = _templates(settings, energy)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{settings_path}: {error}") from error
     energy_params, energy_static = eqx.partition(energy, eqx.is_array)
     arrays = load_checkpoint(out_dir / MODEL_FILE, {"energy": energy_params, "flow": flow_params})
     flow = None if flow_static is None else merge_flow(arrays["flow"], flow_static)
@@ -161,13 +190,16 @@ def load_model(out_dir: str | os.PathLike) -> TrainedModel:
     )
 
 
-def load_energy(out_dir: str | os.PathLike) -> Callable[[jax.Array], jax.Array]:
+def load_energy(
+    out_dir: str | os.PathLike, energy: eqx.Module | None = None
+) -> Callable[[jax.Array], jax.Array]:
     """The trained model's total energy ``x ↦ E_θ(x) - log ρ(x)``, for a batch of points.
 
     This is the model's -log unnormalised density (the tilted EBM of [A, Eq. 6]).
 
     Args:
         out_dir: Run directory of ``numpyro-ebm train`` (or of :func:`save_model`).
+        energy: A template of a custom energy network (see :func:`load_model`).
 
     Returns:
         A function from ``x`` of shape ``(n, d)`` to energies of shape ``(n,)``.
@@ -177,13 +209,13 @@ def load_energy(out_dir: str | os.PathLike) -> Callable[[jax.Array], jax.Array]:
 
     Example:
         >>> import tempfile, jax, jax.numpy as jnp
-        >>> from numpyro_ebm.energies import base_log_prob
+        >>> from numpyro_ebm.energies import MLPEnergy, base_log_prob
         >>> out = save_model(tempfile.mkdtemp(), MLPEnergy(2, key=jax.random.key(0)), 2.0)
         >>> x = jnp.ones((1, 2))
         >>> bool(jnp.allclose(load_energy(out)(x), -base_log_prob(x, 2.0)))  # E ≡ 0 at start
         True
     """
-    model = load_model(out_dir)
+    model = load_model(out_dir, energy)
     total = jax.jit(jax.vmap(TiltedEnergy(model.energy, model.base_scale)))
     dim = int(model.settings["dim"])
 

@@ -61,8 +61,9 @@ def check_saved_settings(out_dir: Path, current: dict[str, Any]) -> None:
         return
     saved, saved_config = read_run_settings(path)
     differences = []
-    if saved["dataset"] != current["dataset"]:
-        differences.append(f"dataset: saved {saved['dataset']!r}, given {current['dataset']!r}")
+    for name in ("dataset", "energy"):  # a run of an earlier release records no energy spec
+        if name in saved and saved[name] != current[name]:
+            differences.append(f"{name}: saved {saved[name]!r}, given {current[name]!r}")
     # Compare through TrainConfig so that settings written by an older release still match.
     saved_settings = saved_config.to_dict()
     for name, value in current["config"].items():

@@ -117,22 +117,29 @@ def read_model_settings(path: str | os.PathLike) -> dict[str, Any]:
         path: The file.
 
     Returns:
-        The settings.
+        The settings, with the energy network's spec under ``"energy"`` (see
+        :mod:`~numpyro_ebm.training.energy_specs`); a file of an earlier release, with
+        ``energy_width`` and ``energy_depth`` instead, gets ``{"type": "mlp", ...}``.
 
     Raises:
         FileNotFoundError: If there is no file.
         ValueError: ``<file>: <what is wrong>``.
     """
-    return read_json_object(
-        path,
-        {
-            "dim": "a positive integer",
-            "base_scale": "a positive finite number",
-            "energy_width": "a positive integer",
-            "energy_depth": "a positive integer",
-            "has_flow": "true or false",
-        },
-    )
+    from numpyro_ebm.training.energy_specs import check_energy_spec
+
+    fields = {"dim": "a positive integer", "base_scale": "a positive finite number"}
+    settings = read_json_object(path, {**fields, "has_flow": "true or false"})
+    if "energy" not in settings:  # written before energy specs: always an MLP
+        legacy = read_json_object(
+            path, {"energy_width": "a positive integer", "energy_depth": "a positive integer"}
+        )
+        width, depth = legacy["energy_width"], legacy["energy_depth"]
+        settings["energy"] = {"type": "mlp", "width": width, "depth": depth}
+    try:
+        check_energy_spec(settings["energy"])
+    except ValueError as error:
+        raise ValueError(f"{path}: key 'energy': {error}") from error
+    return settings
 
 
 def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:

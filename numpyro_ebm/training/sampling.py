@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,6 +103,7 @@ def sample_run(
     seed: int = 0,
     out_dir: str | os.PathLike | None = None,
     progress_bar: bool = False,
+    energy: eqx.Module | None = None,
 ) -> tuple[Path, Path]:
     """Sample a trained run's model and write the draws and ArviZ's summary.
 
@@ -117,6 +119,8 @@ def sample_run(
         seed: Seed of the run.
         out_dir: Where to write; ``run_dir`` by default.
         progress_bar: Show NumPyro's progress bar.
+        energy: A template of the run's energy network if it is one of your own (see
+            :func:`~numpyro_ebm.training.load_model`).
 
     Returns:
         Paths of the draws and of the summary.
@@ -125,7 +129,7 @@ def sample_run(
 
     from numpyro_ebm.diagnostics import from_numpyro
 
-    model = load_model(run_dir)
+    model = load_model(run_dir, energy)
     dim = int(model.settings["dim"])
     mcmc = sample_energy(
         jax.random.key(seed),

@@ -31,10 +31,11 @@ from flowjax.distributions import AbstractDistribution
 
 from numpyro_ebm._checks import positive_int
 from numpyro_ebm.datasets import Dataset
-from numpyro_ebm.energies import MLPEnergy, TiltedEnergy
+from numpyro_ebm.energies import TiltedEnergy
 from numpyro_ebm.training.checkpoint import strongly_typed
 from numpyro_ebm.training.config import TrainConfig
 from numpyro_ebm.training.data import training_data
+from numpyro_ebm.training.energy_specs import energy_spec, training_energy
 from numpyro_ebm.training.objectives import Objective, ObjectiveContext
 from numpyro_ebm.training.progress import EpochProgress, chunk_size
 from numpyro_ebm.training.run_dir import (
@@ -47,11 +48,10 @@ from numpyro_ebm.training.step import TrainResult, TrainState, train_chunk
 from numpyro_ebm.training.validation import (
     VALIDATION_KEY,
     best_epoch,
+    epoch_extra,
     mixing_message,
     model_mode_weights,
-    negatives_rhat,
     should_stop,
-    validate,
 )
 
 __all__ = ["TrainResult", "Trainer", "train"]
@@ -66,8 +66,8 @@ class Trainer:
     Args:
         dataset: A :class:`~numpyro_ebm.datasets.Dataset`, a built-in name, or a data file path.
         config: The run's settings.
-        energy_optimizer: The energy's optax optimizer; by default ``optax.adam`` with
-            ``config.learning_rate``.
+        energy: Your own energy module instead of ``config.energy``'s (recorded as "custom").
+        energy_optimizer: The energy's optimizer; ``optax.adam(config.learning_rate)`` by default.
 
     Example:
         >>> from numpyro_ebm.training.objectives import PCD
@@ -84,13 +84,14 @@ class Trainer:
         dataset: Dataset | str | os.PathLike,
         config: TrainConfig | None = None,
         *,
+        energy: eqx.Module | None = None,
         energy_optimizer: optax.GradientTransformation | None = None,
     ):
         self.config = TrainConfig() if config is None else config
         cfg = self.config
         keys = jax.random.split(jax.random.key(cfg.seed), 5)
         self._key_energy, self._key_walkers, self._key_objective, self._key_train = keys[1:]
-        self._key_validation = jax.random.fold_in(jax.random.key(cfg.seed), 1)
+        self.validation_key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
         run_data = training_data(
             dataset,
             keys[0],
@@ -102,9 +103,7 @@ class Trainer:
         self.dataset, self.dataset_spec, self.data, self.base_scale = run_data[:4]
         self.preprocessing, self.validation_data = run_data.preprocessing, run_data.validation
         self.dim = int(self.data.shape[1])
-        energy = MLPEnergy(
-            self.dim, width=cfg.energy_width, depth=cfg.energy_depth, key=self._key_energy
-        )
+        energy, self.config = training_energy(energy, cfg, self.dim, key=self._key_energy)
         self._initial_energy_params, self.energy_static = eqx.partition(energy, eqx.is_array)
         self.objective: Objective = cfg.objective.build(
             ObjectiveContext(energy, self.dim, self.base_scale, cfg.batch_size)
@@ -159,6 +158,10 @@ class Trainer:
     def energy(self, state: TrainState) -> eqx.Module:
         """The trained energy module ``E_θ`` of a state (see :meth:`model_params`)."""
         return eqx.combine(self.model_params(state), self.energy_static)
+
+    def tilted_energy(self, state: TrainState) -> TiltedEnergy:
+        """The model's total energy of one point, ``E_θ(x) - log ρ(x)``, as a module."""
+        return self._tilted(self.model_params(state))
 
     def total_energy_fn(self, state: TrainState) -> Callable[[jax.Array], jax.Array]:
         """``x (n, d) -> E_θ(x) - log ρ(x) (n,)``, the model's -log unnormalised density."""
@@ -291,7 +294,7 @@ class Trainer:
                 timings["first_chunk_s"] = time.perf_counter() - chunk_start
             step += self.chunk_size
             if progress.add(step, metrics, self.chunk_size):
-                entry = progress.end_epoch(step, self._epoch_extra(state, step, paths))
+                entry = progress.end_epoch(step, epoch_extra(self, state, step, paths))
                 paths = []
                 message = mixing_message(entry, self._global_moves)
                 if message is not None and not warned:
@@ -323,29 +326,8 @@ class Trainer:
             trainer=self,
         )
 
-    def _epoch_extra(self, state: TrainState, step: int, paths: list) -> dict[str, Any]:
-        """What an epoch's history entry adds to its metric means (see :meth:`fit`)."""
-        extra: dict[str, Any] = {}
-        weights = self.mode_weights(state)
-        if weights is not None:
-            extra["mode_weights"] = [float(w) for w in weights]
-        rhat = negatives_rhat(paths)
-        if rhat is not None:
-            extra["negatives_rhat"] = rhat
-        epoch = step // self.config.steps_per_epoch
-        if self.validation_data is not None and epoch % self.config.validate_every == 0:
-            extra |= validate(
-                jax.random.fold_in(self._key_validation, step),
-                self._tilted(self.model_params(state)),
-                self.flow(state),
-                self.validation_data,
-                base_scale=self.base_scale,
-                num_samples=self.config.validation_samples,
-            )
-        return extra
-
     def settings(self, num_epochs: int | None = None) -> dict[str, Any]:
-        """The JSON settings of the run: config, dataset, dimension and the resolved σ.
+        """The JSON settings of the run: config, dataset, dimension, σ and the energy's spec.
 
         Args:
             num_epochs: Epochs of the run, if not ``config.num_epochs``.
@@ -361,6 +343,7 @@ class Trainer:
             "dim": self.dim,
             "base_scale": self.base_scale,
             "preprocessing": self.preprocessing.to_dict(),
+            "energy": energy_spec(eqx.combine(self._initial_energy_params, self.energy_static)),
             "config": config,
         }
 
@@ -372,6 +355,7 @@ def train(
     out_dir: str | os.PathLike | None = None,
     resume: bool = False,
     progress_bar: bool = True,
+    energy: eqx.Module | None = None,
     energy_optimizer: optax.GradientTransformation | None = None,
 ) -> TrainResult:
     """Train a tilted EBM on ``dataset`` (see :class:`Trainer` and :meth:`Trainer.fit`).
@@ -382,6 +366,7 @@ def train(
         out_dir: Directory for settings and checkpoints, or ``None``.
         resume: Continue from the last checkpoint in ``out_dir``.
         progress_bar: Show a progress bar per epoch.
+        energy: An energy network of your own instead of ``config.energy``'s.
         energy_optimizer: Optax optimizer of the energy (Adam with the config's rate by default).
 
     Returns:
@@ -395,5 +380,5 @@ def train(
         >>> sorted(result.history[0])[:3]
         ['accept_prob', 'energy_gap', 'epoch']
     """
-    trainer = Trainer(dataset, config, energy_optimizer=energy_optimizer)
+    trainer = Trainer(dataset, config, energy=energy, energy_optimizer=energy_optimizer)
     return trainer.fit(out_dir=out_dir, resume=resume, progress_bar=progress_bar)

@@ -29,7 +29,7 @@ from numpyro_ebm.metrics import zone_weights_from_energy, zone_weights_from_samp
 from numpyro_ebm.preprocessing import Preprocessing
 
 __all__ = ["best_epoch", "mixing_message", "model_mode_weights", "negatives_rhat"]
-__all__ += ["should_stop", "validate"]
+__all__ += ["epoch_extra", "should_stop", "validate"]
 
 #: History key of the validation log-likelihood (mean nats per point, model coordinates).
 VALIDATION_KEY = "val_log_likelihood"
@@ -212,3 +212,39 @@ def model_mode_weights(
     else:
         weights = zone_weights_from_samples(negatives, means)
     return np.asarray(weights, dtype=float)
+
+
+def epoch_extra(trainer: Any, state: Any, step: int, paths: list[np.ndarray]) -> dict[str, Any]:
+    """What an epoch's history entry adds to its metric means (see ``Trainer.fit``).
+
+    Args:
+        trainer: The :class:`~numpyro_ebm.training.Trainer`.
+        state: The state at the end of the epoch.
+        step: Steps done.
+        paths: The epoch's traced negatives (chunks of ``(steps, walkers, d)``).
+
+    Returns:
+        ``mode_weights`` (known modes), ``negatives_rhat`` (persistent negatives) and the
+        validation's figures (every ``validate_every`` epochs, with validation data).
+    """
+    extra: dict[str, Any] = {}
+    weights = trainer.mode_weights(state)
+    if weights is not None:
+        extra["mode_weights"] = [float(w) for w in weights]
+    rhat = negatives_rhat(paths)
+    if rhat is not None:
+        extra["negatives_rhat"] = rhat
+    config = trainer.config
+    if (
+        trainer.validation_data is not None
+        and (step // config.steps_per_epoch) % (config.validate_every) == 0
+    ):
+        extra |= validate(
+            jax.random.fold_in(trainer.validation_key, step),
+            trainer.tilted_energy(state),
+            trainer.flow(state),
+            trainer.validation_data,
+            base_scale=trainer.base_scale,
+            num_samples=config.validation_samples,
+        )
+    return extra
