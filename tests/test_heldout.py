@@ -149,7 +149,7 @@ def test_early_stopping_ends_the_run_and_resumes_to_the_same_end(tmp_path, monke
     def fake_validate(*args, **kwargs):
         return {"val_log_likelihood": next(figures)}
 
-    monkeypatch.setattr("numpyro_ebm.training.trainer.validate", fake_validate)
+    monkeypatch.setattr("numpyro_ebm.training.validation.validate", fake_validate)
     config = TrainConfig().with_settings(**{**MINI, "num_epochs": 10}, patience=2)
     result = Trainer("wine", config).fit(out_dir=tmp_path, progress_bar=False)
     assert [entry["epoch"] for entry in result.history] == [1, 2, 3, 4]

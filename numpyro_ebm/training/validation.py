@@ -37,6 +37,9 @@ VALIDATION_KEY = "val_log_likelihood"
 #: target moves during an epoch, which R̂'s split halves see as non-stationarity; Gelman &
 #: Rubin (1992)'s original 1.1 separates that drift from walkers stuck in their modes.
 MAX_TRAINING_RHAT = 1.1
+#: Fewest steps an epoch's R̂ is computed from: with 10 draws per walker (``--fast`` runs) the
+#: split halves are too short and healthy runs scatter up to ~1.1.
+MIN_RHAT_STEPS = 40
 
 
 def validate(
@@ -123,12 +126,12 @@ def negatives_rhat(paths: list[np.ndarray]) -> float | None:
 
     Returns:
         The largest ensemble R̂ over coordinates (groups of 16 walkers as chains), or ``None``
-        when there are too few walkers or steps for one.
+        with fewer than 32 walkers or :data:`MIN_RHAT_STEPS` steps.
     """
     if not paths:
         return None
     draws = np.swapaxes(np.concatenate(paths), 0, 1)  # (walkers, steps, d)
-    if draws.shape[0] < 32 or draws.shape[1] < 8 or not np.all(np.isfinite(draws)):
+    if draws.shape[0] < 32 or draws.shape[1] < MIN_RHAT_STEPS or not np.all(np.isfinite(draws)):
         return None
     return float(ensemble_rhat(draws))
 
