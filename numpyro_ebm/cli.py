@@ -200,7 +200,10 @@ def _train_config(args: argparse.Namespace):
                 f"got {args.objective}"
             )
     else:
-        config = TrainConfig(objective=args.objective or "pcd")
+        from numpyro_ebm.datasets import get_dataset
+
+        dim = get_dataset(args.data).dim
+        config = TrainConfig.for_dimension(dim, objective=args.objective or "pcd")
         if args.fast:
             config = config.with_settings(strict=False, **FAST_SETTINGS)
     given = {

@@ -30,7 +30,7 @@ import optax
 from flowjax.distributions import AbstractDistribution
 
 from numpyro_ebm._checks import positive_int
-from numpyro_ebm.datasets import Dataset
+from numpyro_ebm.datasets import Dataset, get_dataset
 from numpyro_ebm.energies import TiltedEnergy
 from numpyro_ebm.training.checkpoint import strongly_typed
 from numpyro_ebm.training.config import TrainConfig
@@ -65,7 +65,7 @@ class Trainer:
 
     Args:
         dataset: A :class:`~numpyro_ebm.datasets.Dataset`, a built-in name, or a data file path.
-        config: The run's settings.
+        config: The run's settings; ``TrainConfig.for_dimension(d)`` for the data's d by default.
         energy: Your own energy module instead of ``config.energy``'s (recorded as "custom").
         energy_optimizer: The energy's optimizer; ``optax.adam(config.learning_rate)`` by default.
 
@@ -87,8 +87,10 @@ class Trainer:
         energy: eqx.Module | None = None,
         energy_optimizer: optax.GradientTransformation | None = None,
     ):
-        self.config = TrainConfig() if config is None else config
-        cfg = self.config
+        if config is None:
+            dim = (dataset if isinstance(dataset, Dataset) else get_dataset(dataset)).dim
+            config = TrainConfig.for_dimension(dim)
+        self.config = cfg = config
         keys = jax.random.split(jax.random.key(cfg.seed), 5)
         self._key_energy, self._key_walkers, self._key_objective, self._key_train = keys[1:]
         self.validation_key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
@@ -362,7 +364,7 @@ def train(
 
     Args:
         dataset: A dataset, a built-in name or a data file path.
-        config: Settings; the defaults of :class:`TrainConfig` by default.
+        config: Settings; ``TrainConfig.for_dimension(d)`` for the data's d by default.
         out_dir: Directory for settings and checkpoints, or ``None``.
         resume: Continue from the last checkpoint in ``out_dir``.
         progress_bar: Show a progress bar per epoch.
