@@ -110,8 +110,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--fast", action="store_true", help="tiny run for CI and tests")
     train.add_argument("--steps-per-epoch", type=int, help="EBM steps per epoch (default 200)")
-    train.add_argument("--walkers", type=int, help="persistent walkers (default 512; 128 above 2-D)")
-    train.add_argument("--batch-size", type=int, help="data points per step (default 256; 128 above 2-D)")
+    train.add_argument(
+        "--walkers", type=int, help="persistent walkers (default 512; 128 above 2-D)"
+    )
+    train.add_argument(
+        "--batch-size", type=int, help="data points per step (default 256; 128 above 2-D)"
+    )
     train.add_argument("--lr", type=float, help="energy learning rate (default 1e-3)")
     train.add_argument("--flow-lr", type=float, help="flow learning rate (default 1e-3)")
     train.add_argument("--l2", type=float, help="L2 penalty on energies (default 0)")
@@ -120,7 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--base-scale", type=float, help="σ of ρ (default: data RMS)")
     train.add_argument("--particles", type=int, help="i-SIR particles (default 32; 16 above 2-D)")
-    train.add_argument("--local-steps", type=int, help="MALA/ULA steps per round (default 5; 3 above 2-D)")
+    train.add_argument(
+        "--local-steps", type=int, help="MALA/ULA steps per round (default 5; 3 above 2-D)"
+    )
     train.add_argument("--rounds", type=int, help="flowMC rounds per EBM step (default 1)")
     train.add_argument("--global-move", choices=("isir", "imh"), help="flow move (default isir)")
     train.add_argument(
@@ -128,7 +134,9 @@ def _parser() -> argparse.ArgumentParser:
         choices=("mlp", "conv"),
         help="energy network (default mlp; conv: square images)",
     )
-    train.add_argument("--width", type=int, help="mlp energy hidden width (default 64; 128 above 2-D)")
+    train.add_argument(
+        "--width", type=int, help="mlp energy hidden width (default 64; 128 above 2-D)"
+    )
     train.add_argument("--depth", type=int, help="mlp energy hidden layers (default 3)")
     train.add_argument(
         "--checkpoint-every", type=int, help="steps between checkpoints (default: every epoch)"
