@@ -223,9 +223,9 @@ def _train_config(args: argparse.Namespace):
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from numpyro_ebm import plotting
     from numpyro_ebm.training import evaluate, save_model, train
     from numpyro_ebm.training.checkpoint import write_json
+    from numpyro_ebm.training.figures import write_figures
 
     start = time.perf_counter()
     out = Path(args.out)
@@ -237,7 +237,8 @@ def _run_train(args: argparse.Namespace) -> int:
     if result.best_state is not None:  # the model kept is the best validation's
         best = result.best_state
         result = result._replace(state=best, energy=trainer.energy(best), flow=trainer.flow(best))
-    metrics = evaluate(result, **(_FAST_EVALUATION if args.fast else _EVALUATION))
+    evaluation = _FAST_EVALUATION if args.fast else _EVALUATION
+    metrics = evaluate(result, **evaluation, progress_bar=not args.no_progress)
     negatives = trainer.negatives(result.state)
     save_model(
         out,
@@ -253,24 +254,7 @@ def _run_train(args: argparse.Namespace) -> int:
     )
 
     plots_start = time.perf_counter()
-    dataset = trainer.dataset
-    figures = {}
-    if trainer.dim == 2:
-        figures["energy"] = plotting.plot_energy_landscape(
-            trainer.total_energy_fn(result.state),
-            dataset.bounds,
-            out / "energy.png",
-            true_log_prob=dataset.log_prob,
-            grid_points=max(config.grid_points, 50),
-        )
-    if negatives is not None:
-        figures["samples"] = plotting.plot_samples(
-            trainer.data, negatives, out / "samples.png", bounds=dataset.bounds[:2]
-        )
-    figures["mode_weights"] = plotting.plot_mode_weights(
-        result.history, out / "mode_weights.png", true_weights=dataset.mode_weights
-    )
-    figures["training"] = plotting.plot_training_curves(result.history, out / "training.png")
+    figures = write_figures(result, out)
     plots_s = time.perf_counter() - plots_start
 
     report = {

@@ -26,6 +26,7 @@ from numpyro_ebm.metrics import grid, grid_log_density
 
 __all__ = [
     "plot_energy_landscape",
+    "plot_images",
     "plot_mode_weights",
     "plot_samples",
     "plot_training_curves",
@@ -138,16 +139,74 @@ def plot_samples(
         (axes[0], data, "data", "C0"),
         (axes[1], samples, samples_label, "C1"),
     ):
+        total = len(points)
         points = _subsample(points)
         y = points[:, 1] if points.shape[1] > 1 else np.zeros(len(points))
         ax.scatter(points[:, 0], y, s=3, alpha=0.5, color=color)
-        ax.set_title(f"{title} ({len(points)} shown)")
-        ax.set_xlabel("x₁")
+        inside = np.ones(len(points), dtype=bool)
         if bounds is not None:
             ax.set_xlim(bounds[0])
+            inside &= (points[:, 0] >= bounds[0][0]) & (points[:, 0] <= bounds[0][1])
             if len(bounds) > 1:
                 ax.set_ylim(bounds[1])
+                inside &= (y >= bounds[1][0]) & (y <= bounds[1][1])
+        shown = f"{int(inside.sum())} of {total} shown"
+        ax.set_title(f"{title} ({shown})" if inside.all() else f"{title} ({shown}; rest clipped)")
+        ax.set_xlabel("x₁")
     axes[0].set_ylabel("x₂")
+    return _save(fig, path)
+
+
+def plot_images(
+    data: Any,
+    samples: Any,
+    path: str | os.PathLike,
+    image_shape: Sequence[int],
+    *,
+    samples_label: str = "negatives",
+    num_images: int = 32,
+) -> Path:
+    """Show data and samples as images side by side (each panel a grid of ``num_images``).
+
+    Args:
+        data: Data points ``(n, h·w)`` in raw units.
+        samples: Negatives or model draws ``(m, h·w)``, same units.
+        path: PNG file to write.
+        image_shape: ``(h, w)``.
+        samples_label: Title of the samples' panel.
+        num_images: Images per panel (the first ones), in rows of 8.
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "images.png"
+        >>> plot_images(np.zeros((5, 4)), np.ones((5, 4)), out, (2, 2)).exists()
+        True
+    """
+    height, width = (int(n) for n in image_shape)
+    panels = []
+    for name, points in (("data", data), ("samples", samples)):
+        points = np.asarray(points)
+        if points.ndim != 2 or points.shape[1] != height * width:
+            raise ValueError(f"expected {name} of shape (n, {height * width}), got {points.shape}")
+        panels.append(points[:num_images])
+    low = min(float(p.min()) for p in panels)
+    high = max(float(p.max()) for p in panels)
+    fig = Figure(figsize=(10, 3))
+    axes = fig.subplots(1, 2)
+    for ax, points, title in zip(axes, panels, ("data", samples_label), strict=True):
+        columns = min(8, len(points))
+        rows = -(-len(points) // columns)
+        canvas = np.full((rows * (height + 1), columns * (width + 1)), np.nan)
+        for index, image in enumerate(points.reshape(-1, height, width)):
+            row, column = divmod(index, columns)
+            top, left = row * (height + 1), column * (width + 1)
+            canvas[top : top + height, left : left + width] = image
+        ax.imshow(canvas, cmap="gray_r", vmin=low, vmax=high)
+        ax.set_title(f"{title} (first {len(points)})")
+        ax.axis("off")
     return _save(fig, path)
 
 
@@ -167,6 +226,9 @@ def plot_mode_weights(
     Returns:
         The path written.
 
+    Raises:
+        ValueError: If no entry of the history has mode weights (nothing to plot).
+
     Example:
         >>> import tempfile
         >>> out = Path(tempfile.mkdtemp()) / "weights.png"
@@ -176,22 +238,17 @@ def plot_mode_weights(
         True
     """
     rows = [entry for entry in history if "mode_weights" in entry]
+    if not rows:
+        raise ValueError("expected history entries with `mode_weights`, got none")
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    if rows:
-        epochs = [entry["epoch"] for entry in rows]
-        weights = np.array([entry["mode_weights"] for entry in rows])
-        for mode in range(weights.shape[1]):
-            ax.plot(
-                epochs, weights[:, mode], marker="o", ms=3, color=f"C{mode}", label=f"mode {mode}"
-            )
-            if true_weights is not None:
-                ax.axhline(float(np.asarray(true_weights)[mode]), ls="--", color=f"C{mode}")
-        ax.legend(fontsize="small")
-    else:
-        ax.text(
-            0.5, 0.5, "mode weights unknown for this dataset", ha="center", transform=ax.transAxes
-        )
+    epochs = [entry["epoch"] for entry in rows]
+    weights = np.array([entry["mode_weights"] for entry in rows])
+    for mode in range(weights.shape[1]):
+        ax.plot(epochs, weights[:, mode], marker="o", ms=3, color=f"C{mode}", label=f"mode {mode}")
+        if true_weights is not None:
+            ax.axhline(float(np.asarray(true_weights)[mode]), ls="--", color=f"C{mode}")
+    ax.legend(fontsize="small")
     ax.set_xlabel("epoch")
     ax.set_ylabel("zone weight")
     ax.set_ylim(0, 1)

@@ -216,6 +216,14 @@ def test_evaluate_writes_json_in_raw_units(file_run, capsys):
     assert abs(result["heldout_log_likelihood"] - gaussian) < 1.0
 
 
+def test_file_runs_plot_what_they_know(file_run):
+    report = json.loads((file_run / "run" / "report.json").read_text())
+    # Modes of file data are unknown: no empty mode-weight figure; the 2-D energy is drawn.
+    assert sorted(report["figures"]) == ["energy", "samples", "training"]
+    # The report carries the validation figures of the last epoch.
+    assert math.isfinite(report["metrics"]["final_val_log_likelihood"])
+
+
 def test_evaluate_errors_are_clear(file_run, tmp_path, capsys):
     wrong = tmp_path / "wrong.npy"
     np.save(wrong, np.zeros((5, 3)))

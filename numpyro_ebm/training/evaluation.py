@@ -23,6 +23,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from numpyro_ebm.metrics import (
     median_squared_log_density_error,
@@ -47,6 +48,7 @@ def evaluate(
     num_chain_steps: int = 200,
     num_flowmc_samples: int = 200,
     seed: int = 0,
+    progress_bar: bool = False,
 ) -> dict[str, Any]:
     """Compute the report's metrics for a trained model.
 
@@ -57,6 +59,8 @@ def evaluate(
         num_flowmc_samples: Draws per chain of the FlowMC run on the model (``d > 2`` with
             known modes only).
         seed: Seed of the FlowMC run.
+        progress_bar: Show a bar over the evaluation's four stages (mode weights, density
+            error, test likelihood, mixing of the negatives).
 
     Returns:
         A JSON-serialisable dict of metrics (see the module's docstring); keys that do not
@@ -71,6 +75,7 @@ def evaluate(
     negatives = None if negatives is None else np.asarray(negatives)
     total_energy = trainer.total_energy_fn(state)
     means, true_weights = dataset.mode_means, dataset.mode_weights
+    bar = tqdm(total=4, desc="evaluation: mode weights", disable=not progress_bar)
 
     if means is not None:
         metrics["true_mode_weights"] = _round(true_weights)
@@ -108,11 +113,15 @@ def evaluate(
             weights = zone_weights_from_samples(draws, means)
             metrics["mode_weights"] = _round(weights)
             metrics["zone_weight_mse"] = zone_weight_mse(weights, true_weights)
+    bar.update()
+    bar.set_description("evaluation: density error")
     if dim == 2 and dataset.log_prob is not None:
         metrics["median_sq_log_density_error"] = median_squared_log_density_error(
             total_energy, dataset.log_prob, dataset.bounds, trainer.config.grid_points
         )
 
+    bar.update()
+    bar.set_description("evaluation: test likelihood")
     if dataset.test_data is not None:
         test = heldout_metrics(
             jax.random.key(seed),
@@ -124,8 +133,12 @@ def evaluate(
             num_samples=trainer.config.validation_samples,
         )
         metrics.update({f"test_{name}": value for name, value in test.items()})
+    bar.update()
+    bar.set_description("evaluation: mixing of the negatives")
     if objective.persistent:
         metrics.update(_mixing_metrics(trainer.negative_chains(state, num_chain_steps)))
+    bar.update()
+    bar.close()
     last = result.history[-1] if result.history else {}
     for name, value in last.items():
         if name not in ("epoch", "step", "mode_weights", "time_s"):

@@ -113,7 +113,7 @@ class EpochProgress:
             self._bar = tqdm(
                 total=self.steps_per_epoch,
                 initial=(step - num_steps) % self.steps_per_epoch,
-                desc=f"epoch {(step - num_steps) // self.steps_per_epoch + 1}/{self.num_epochs}",
+                desc=self._description(step - num_steps),
                 disable=not self.enabled,
                 leave=True,
             )
@@ -124,6 +124,16 @@ class EpochProgress:
         means = {name: float(np.mean(values)) for name, values in self.partial.items()}
         self._bar.set_postfix_str(postfix(means), refresh=False)
         return step % self.steps_per_epoch == 0
+
+    def _description(self, step: int) -> str:
+        """``epoch 3/10`` and, once an epoch has been timed, the whole run's ETA."""
+        epoch = step // self.steps_per_epoch + 1
+        text = f"epoch {epoch}/{self.num_epochs}"
+        times = [entry["time_s"] for entry in self.history if "time_s" in entry]
+        if times:
+            seconds = round(float(np.mean(times)) * (self.num_epochs - epoch + 1))
+            text += f" (run ETA {seconds // 60}:{seconds % 60:02d})"
+        return text
 
     def end_epoch(self, step: int, extra: dict[str, Any]) -> dict[str, Any]:
         """Close the epoch ending at ``step``: append its entry to the history and return it.
