@@ -324,7 +324,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from numpyro_ebm.datasets import get_dataset
     from numpyro_ebm.training import load_model
     from numpyro_ebm.training.checkpoint import write_json
-    from numpyro_ebm.training.heldout import heldout_metrics, saved_preprocessing
+    from numpyro_ebm.training.heldout import heldout_metrics
+    from numpyro_ebm.training.model_io import saved_preprocessing
 
     model = load_model(args.run_dir)
     dataset = get_dataset(args.data)

@@ -25,20 +25,7 @@ from numpyro_ebm.energies import TiltedEnergy
 from numpyro_ebm.likelihood import heldout_log_likelihood, log_normalizer
 from numpyro_ebm.preprocessing import Preprocessing
 
-__all__ = ["heldout_metrics", "saved_preprocessing"]
-
-
-def saved_preprocessing(settings: dict[str, Any]) -> Preprocessing:
-    """A run's preprocessing from its ``model.json`` settings (identity for older runs).
-
-    Example:
-        >>> saved_preprocessing({"dim": 2}).is_identity
-        True
-    """
-    record = settings.get("preprocessing")
-    if record is None:  # written before preprocessing existed: trained on the data as given
-        return Preprocessing.identity(int(settings["dim"]))
-    return Preprocessing.from_dict(record)
+__all__ = ["heldout_metrics"]
 
 
 def heldout_metrics(

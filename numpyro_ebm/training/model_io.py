@@ -29,11 +29,12 @@ from flowjax.distributions import AbstractDistribution
 from numpyro_ebm.energies import TiltedEnergy
 from numpyro_ebm.flows import default_flow, merge_flow, split_flow
 from numpyro_ebm.networks import check_energy
+from numpyro_ebm.preprocessing import Preprocessing
 from numpyro_ebm.training.checkpoint import load_checkpoint, save_checkpoint, write_json
 from numpyro_ebm.training.energy_specs import energy_from_spec, energy_spec
 from numpyro_ebm.training.run_files import read_model_settings, read_negatives
 
-__all__ = ["TrainedModel", "load_energy", "load_model", "save_model"]
+__all__ = ["TrainedModel", "load_energy", "load_model", "save_model", "saved_preprocessing"]
 
 MODEL_FILE = "model.eqx"
 MODEL_SETTINGS_FILE = "model.json"
@@ -193,9 +194,12 @@ def load_model(out_dir: str | os.PathLike, energy: eqx.Module | None = None) -> 
 def load_energy(
     out_dir: str | os.PathLike, energy: eqx.Module | None = None
 ) -> Callable[[jax.Array], jax.Array]:
-    """The trained model's total energy ``x ↦ E_θ(x) - log ρ(x)``, for a batch of points.
+    """The trained model's total energy ``x ↦ E_θ(z) - log ρ(z) - log |∂z/∂x|``, batched.
 
-    This is the model's -log unnormalised density (the tilted EBM of [A, Eq. 6]).
+    This is the model's -log unnormalised density (the tilted EBM of [A, Eq. 6]) of raw points
+    ``x``, in the units of the data the run was trained on: ``z`` is ``x`` mapped by the run's
+    preprocessing (standardisation; no dequantisation noise is added), and the constant
+    Jacobian term makes ``exp(-energy)`` a density on raw units (its integral is the same Z).
 
     Args:
         out_dir: Run directory of ``numpyro-ebm train`` (or of :func:`save_model`).
@@ -216,7 +220,10 @@ def load_energy(
         True
     """
     model = load_model(out_dir, energy)
-    total = jax.jit(jax.vmap(TiltedEnergy(model.energy, model.base_scale)))
+    tilted = jax.vmap(TiltedEnergy(model.energy, model.base_scale))
+    prep = saved_preprocessing(model.settings)
+    shift, scale = jnp.asarray(prep.shift, jnp.float32), jnp.asarray(prep.scale, jnp.float32)
+    total = jax.jit(lambda x: tilted((x - shift) / scale) - prep.log_det_jacobian)
     dim = int(model.settings["dim"])
 
     def total_energy(x: jax.Array) -> jax.Array:
@@ -226,3 +233,16 @@ def load_energy(
         return total(x)
 
     return total_energy
+
+
+def saved_preprocessing(settings: dict[str, Any]) -> Preprocessing:
+    """A run's preprocessing from its ``model.json`` settings (identity for older runs).
+
+    Example:
+        >>> saved_preprocessing({"dim": 2}).is_identity
+        True
+    """
+    record = settings.get("preprocessing")
+    if record is None:  # written before preprocessing existed: trained on the data as given
+        return Preprocessing.identity(int(settings["dim"]))
+    return Preprocessing.from_dict(record)

@@ -17,7 +17,7 @@ from numpyro.infer import MCMC
 from numpyro_ebm._checks import typed_key
 from numpyro_ebm.energies import ebm_model
 from numpyro_ebm.kernel import FlowMCKernel
-from numpyro_ebm.training.model_io import load_model
+from numpyro_ebm.training.model_io import load_model, saved_preprocessing
 
 __all__ = ["sample_energy", "sample_run"]
 
@@ -109,7 +109,8 @@ def sample_run(
 
     The chains start at the run's final negatives, with the run's flow (if any) as the
     kernel's initial flow. Writes ``samples.npy`` of shape ``(num_chains, num_samples, dim)``
-    and ``summary.csv`` (``arviz.summary`` of the draws, EBM factor kept out of the likelihood).
+    and ``summary.csv`` (``arviz.summary`` of the draws, EBM factor kept out of the likelihood),
+    in the units of the run's raw training data (its preprocessing undone).
 
     Args:
         run_dir: Directory of a trained run.
@@ -146,9 +147,15 @@ def sample_run(
     out_dir = Path(run_dir if out_dir is None else out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     draws = np.asarray(mcmc.get_samples(group_by_chain=True)["x"])
+    preprocessing = saved_preprocessing(model.settings)
     samples_path = out_dir / SAMPLES_FILE
-    np.save(samples_path, draws, allow_pickle=False)
-    summary = arviz.summary(from_numpyro(mcmc))
+    if preprocessing.is_identity:
+        np.save(samples_path, draws, allow_pickle=False)
+        summary = arviz.summary(from_numpyro(mcmc))
+    else:  # back to the training data's units; R̂ and ESS are invariant under the affine map
+        draws = preprocessing.inverse(draws)
+        np.save(samples_path, draws, allow_pickle=False)
+        summary = arviz.summary(arviz.from_dict({"posterior": {"x": draws}}))
     summary_path = out_dir / SUMMARY_FILE
     summary.to_csv(summary_path)
     return samples_path, summary_path
