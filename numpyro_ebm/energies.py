@@ -313,7 +313,7 @@ def ebm_model(
     dim = positive_int("dim", dim)
     if base_scale is not None:
         base_scale = positive_float("base_scale", base_scale)
-    _, energy_static = eqx.partition(energy, eqx.is_array)
+    _, energy_static = eqx.partition(energy, eqx.is_inexact_array)
     return _EBMModel(energy, energy_static, dim, base_scale)
 
 

@@ -32,8 +32,8 @@ class TrainState(NamedTuple):
     """Everything a training step needs, and all that changes during training.
 
     Attributes:
-        energy_params: Array part of the energy (``eqx.filter(energy, eqx.is_array)``); the
-            objective's samples follow this energy.
+        energy_params: Trainable part of the energy (its floating-point arrays,
+            ``eqx.filter(energy, eqx.is_inexact_array)``); the objective's samples follow it.
         average_params: Exponential moving average of ``energy_params`` (Polyak averaging),
             the trained model when ``ema_decay > 0``.
         opt_state: State of the energy's optimizer.

@@ -15,6 +15,7 @@ References:
 from __future__ import annotations
 
 import functools
+import math
 import os
 import time
 import warnings
@@ -106,7 +107,16 @@ class Trainer:
         self.preprocessing, self.validation_data = run_data.preprocessing, run_data.validation
         self.dim = int(self.data.shape[1])
         energy, self.config = training_energy(energy, cfg, self.dim, key=self._key_energy)
-        self._initial_energy_params, self.energy_static = eqx.partition(energy, eqx.is_array)
+        scale = getattr(energy, "base_scale", self.base_scale)  # a FlowBaseEnergy's σ of ρ
+        if not math.isclose(scale, self.base_scale, rel_tol=1e-6):
+            raise ValueError(
+                f"expected the energy's base_scale to be the run's σ = {self.base_scale!r} "
+                f"(set TrainConfig(base_scale=...)), got {scale!r}"
+            )
+        self.initial_energy = energy
+        self._initial_energy_params, self.energy_static = eqx.partition(
+            energy, eqx.is_inexact_array
+        )
         self.objective: Objective = cfg.objective.build(
             ObjectiveContext(energy, self.dim, self.base_scale, cfg.batch_size)
         )
@@ -139,9 +149,12 @@ class Trainer:
         Returns:
             The initial state (the same for the same settings).
         """
-        walkers = self.base_scale * jax.random.normal(
-            self._key_walkers, (self.objective.num_walkers, self.dim)
-        )
+        initial_flow = getattr(self.initial_energy, "initial_flow", None)
+        shape = (self.objective.num_walkers, self.dim)
+        if initial_flow is None:
+            walkers = self.base_scale * jax.random.normal(self._key_walkers, shape)
+        else:  # an energy on a fitted flow starts as that flow: draw the walkers from it
+            walkers = initial_flow().sample(self._key_walkers, shape[:1])
         params = self._initial_energy_params
         state = TrainState(
             energy_params=params,

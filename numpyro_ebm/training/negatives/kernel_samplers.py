@@ -46,10 +46,15 @@ def _kernel_sampler(
 ) -> NegativeSampler:
     num_rounds = positive_int("num_rounds", num_rounds)
     base_scale = positive_float("base_scale", base_scale)
-    _, energy_static = eqx.partition(energy, eqx.is_array)
+    _, energy_static = eqx.partition(energy, eqx.is_inexact_array)
     model = ebm_model(energy_static, dim, base_scale=base_scale)
-    # The flow starts as ρ = N(0, σ² I) exactly, so model and flow start equal (METHOD.md §1).
-    flow = default_flow(jax.random.key(flow_seed), dim, loc=0.0, scale=base_scale)
+    # The flow starts as ρ = N(0, σ² I) exactly, so model and flow start equal (METHOD.md §1),
+    # or as the flow an energy names as its start (a FlowBaseEnergy's q₀: again the model).
+    initial_flow = getattr(energy, "initial_flow", None)
+    if initial_flow is not None:
+        flow = initial_flow()
+    else:
+        flow = default_flow(jax.random.key(flow_seed), dim, loc=0.0, scale=base_scale)
     kernel = FlowMCKernel(
         model,
         flow=flow,

@@ -114,7 +114,7 @@ def nt_sampler(
     fit_batch_size = positive_int("fit_batch_size", fit_batch_size)
     if not 0 < target_accept_prob < 1:
         raise ValueError(f"`target_accept_prob` must be in (0, 1), got {target_accept_prob!r}.")
-    _, energy_static = eqx.partition(energy, eqx.is_array)
+    _, energy_static = eqx.partition(energy, eqx.is_inexact_array)
     optimizer = flow_optimizer(flow_learning_rate)
     flow_params, flow_static = split_flow(
         default_flow(jax.random.key(flow_seed), dim, loc=0.0, scale=base_scale)

@@ -74,7 +74,7 @@ def ula_sampler(
     num_steps = positive_int("num_steps", num_steps)
     step_size = positive_float("step_size", step_size)
     base_scale = positive_float("base_scale", base_scale)
-    _, energy_static = eqx.partition(energy, eqx.is_array)
+    _, energy_static = eqx.partition(energy, eqx.is_inexact_array)
 
     def init(rng_key, positions, energy_params):
         positions = check_positions(positions, dim)

@@ -58,7 +58,7 @@ class ObjectiveContext(NamedTuple):
 
     def energy_partition(self) -> tuple[Any, Any]:
         """``(params, static)``: the energy's arrays and the rest (``eqx.partition``)."""
-        return eqx.partition(self.energy, eqx.is_array)
+        return eqx.partition(self.energy, eqx.is_inexact_array)
 
 
 class Objective(NamedTuple):

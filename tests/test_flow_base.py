@@ -1,0 +1,72 @@
+"""An EBM on top of a fitted flow: starts equal to the flow, keeps it frozen, trains the rest."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _objectives import TRAINER_SETTINGS
+from flowjax.distributions import Normal
+
+from numpyro_ebm.energies import MLPEnergy, TiltedEnergy
+from numpyro_ebm.flow_base import FlowBaseEnergy, fit_base_flow
+from numpyro_ebm.training import TrainConfig, Trainer
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    data = np.random.default_rng(0).normal([0.5, -0.5], [0.6, 1.2], size=(400, 2))
+    flow, losses = fit_base_flow(jax.random.key(0), data, flow_layers=2, nn_width=16,
+                                 max_epochs=300, max_patience=50)  # fmt: skip
+    return data, flow, losses
+
+
+def test_the_fitted_flow_learns_the_data(fitted):
+    data, flow, losses = fitted
+    draws = np.asarray(flow.sample(jax.random.key(1), (4000,)))
+    np.testing.assert_allclose(draws.mean(0), data.mean(0), atol=0.2)
+    np.testing.assert_allclose(draws.std(0), data.std(0), rtol=0.15)
+    assert losses[-1] < losses[0]
+
+
+def test_the_model_starts_as_the_flow_and_the_flow_is_frozen(fitted):
+    _, flow, _ = fitted
+    energy = FlowBaseEnergy(MLPEnergy(2, width=8, depth=1, key=jax.random.key(2)), flow, 1.5)
+    x = jnp.array([[0.3, -2.0], [1.5, 0.5]])
+    total = jax.vmap(TiltedEnergy(energy, 1.5))(x)
+    np.testing.assert_allclose(total, -jax.vmap(flow.log_prob)(x), rtol=1e-5, atol=1e-5)
+    params, static = eqx.partition(energy, eqx.is_inexact_array)
+    grads = jax.grad(lambda p: eqx.combine(p, static)(x[0]))(params)
+    assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads.base_flow))
+    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads.correction))
+
+
+def test_trainer_starts_walkers_and_sampler_flow_from_the_base(fitted, tmp_path):
+    data, flow, _ = fitted
+    path = tmp_path / "points.npy"
+    np.save(path, data)
+    config = TrainConfig().with_settings(
+        **(TRAINER_SETTINGS | dict(steps_per_epoch=4, num_walkers=64)),
+        base_scale=1.0,
+        preprocess="none",
+    )
+    energy = FlowBaseEnergy(MLPEnergy(2, width=8, depth=1, key=jax.random.key(2)), flow, 1.0)
+    trainer = Trainer(path, config, energy=energy)
+    walkers = np.asarray(trainer.negatives(trainer.init_state()))
+    np.testing.assert_allclose(walkers.mean(0), data.mean(0), atol=0.4)  # q₀'s, not ρ's 0
+    result = trainer.fit(progress_bar=False)
+    assert np.isfinite(result.history[-1]["val_log_likelihood"])
+    frozen = eqx.filter(trainer.energy(result.state).base_flow, eqx.is_inexact_array)
+    for before, after in zip(jax.tree.leaves(eqx.filter(flow, eqx.is_inexact_array)),
+                             jax.tree.leaves(frozen), strict=True):  # fmt: skip
+        np.testing.assert_array_equal(before, after)
+    with pytest.raises(ValueError, match="base_scale"):
+        Trainer(path, config.replace(base_scale=2.0), energy=energy)
+
+
+def test_bad_parts_are_clear_errors():
+    with pytest.raises(TypeError, match="flowjax distribution"):
+        FlowBaseEnergy(MLPEnergy(2, key=jax.random.key(0)), "flow", 1.0)
+    with pytest.raises(ValueError, match=r"shape \(n, d\)"):
+        fit_base_flow(jax.random.key(0), np.zeros(5))
+    assert FlowBaseEnergy(lambda x: 0.0, Normal(jnp.zeros(2)), 1.0).initial_flow().shape == (2,)
