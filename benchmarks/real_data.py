@@ -9,8 +9,8 @@ preprocessing fitted on the training split, dequantised digits):
   the EBM of the CLI defaults (``pcd`` with flowmc negatives, MLP energy on ρ = N(0, σ²I)); and
   the EBM on a flow base (:class:`~numpyro_ebm.flow_base.FlowBaseEnergy` on the coupling
   flow, which samples in one pass), whose per-example difference to that flow is reported
-  with its standard error (paired: the same test points; log Ẑ's error added). Goal: the EBM ≥ the best flow,
-  within 3 × the flows' budget.
+  with its standard error (paired: the same test points; log Ẑ's error added). Goal: the
+  EBM ≥ the best flow, within 3 × the flows' budget.
 - **digits-2to1**: the class weight of digit 0 among the negatives of an EBM trained with
   flowmc and with ula negatives (classifier on raw pixels). Goal: flowmc within 0.02 of 2/3.
 - **OOD**: AUROC of the energies of digits' test images against pixel-shuffled, flipped,
