@@ -20,7 +20,13 @@ _PROGRESS_UPDATES_PER_EPOCH = 10
 RUNAWAY_LOSS = 1e6
 
 #: Metrics the progress bar shows, where the objective has them: name -> label.
-_POSTFIX_METRICS = {"loss": "loss", "accept_prob": "acc", "global_accept_prob": "glob"}
+_POSTFIX_METRICS = {
+    "loss": "loss",
+    "accept_prob": "acc",
+    "global_accept_prob": "glob",
+    "negatives_rhat": "R̂",
+    "val_log_likelihood": "val LL",
+}
 
 
 def chunk_size(steps_per_epoch: int, checkpoint_every: int) -> int:
