@@ -2,14 +2,13 @@
 
 An energy ``U`` (a callable from one point ``(d,)`` to a scalar, e.g. a ``TiltedEnergy``) has
 normalising constant Z = ∫ exp(−U(x)) dx. Both estimators of log Z start from a proposal q, a
-flowjax distribution (e.g. a fitted flow): :func:`importance_log_normalizer` (importance
-sampling, IS) and :func:`annealed_log_normalizer` (annealed importance sampling, AIS [N]).
-:func:`log_normalizer` runs IS, falls back to AIS when the IS effective sample size (ESS) [K, O] is
-too small, and warns when even AIS leaves it small. Every estimate carries a delta-method
-standard error of log Ẑ and the ESS of its weights (:class:`LogNormalizerEstimate`).
+flowjax distribution (e.g. a fitted flow): :func:`importance_log_normalizer` (IS) and
+:func:`annealed_log_normalizer` (annealed IS, AIS [N]). :func:`log_normalizer` runs IS, falls
+back to AIS when the effective sample size (ESS) [K, O] is too small, and warns when even AIS
+leaves it small. Every estimate has a delta-method stderr of log Ẑ and its weights' ESS.
 
-The ESS flags weights dominated by a few draws, not a region of exp(−U) that q (and AIS's local
-MALA moves) never visit: a proposal missing a mode gives even weights and log Ẑ low by
+The ESS flags weights dominated by a few draws, not a region of exp(−U) that q (and AIS's MALA
+moves) never visit: a proposal missing a mode gives even weights and log Ẑ low by
 −log(1 − missing mass), with a small stderr. A proposal far narrower than exp(−U) gives weights
 of infinite variance, whose ESS can look healthy in low dimension while log Ẑ is too low.
 
