@@ -11,8 +11,10 @@ Usage::
     numpyro-ebm evaluate DIR --data DATA [--out FILE.json] [--num-samples N] [--seed S]
 
 ``train`` accepts a built-in dataset name (``two-modes-2to1``, ``eight-gaussians``, ``rings``,
-``four-modes``, ``gmm-16``, ``gmm-32``, ``gmm-64``) or a ``.npy`` / ``.csv`` file of shape
-``(n, d)``. ``--objective`` picks the training objective (``pcd``, the default, is [A]'s
+``four-modes``, ``gmm-16``, ``gmm-32``, ``gmm-64``; with the ``[real]`` extra ``digits``,
+``digits-2to1``, ``breast-cancer``, ``wine``, ``patches``) or a ``.npy`` / ``.csv`` file of shape
+``(n, d)``, standardised on its training split (see ``evaluate``). ``--objective`` picks the
+training objective (``pcd``, the default, is [A]'s
 flow-assisted contrastive maximum likelihood); an option that the objective does not have is an
 error, and ``--set NAME=VALUE`` sets any of its settings. It writes to ``DIR``:
 ``settings.json``, ``checkpoints/``, the trained model (``model.eqx``, ``model.json``,
