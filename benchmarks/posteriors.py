@@ -95,7 +95,7 @@ def _draws(posterior: Posterior, mcmc: MCMC, start: float) -> tuple:
 
 
 def _kernel_notes(mcmc: MCMC) -> str:
-    """Mean global and local acceptance of the kept draws and the final step size(s)."""
+    """Mean global and local acceptance of the kept draws, final step size(s), particles."""
     stats = mcmc.get_extra_fields()
     notes = [
         f"{label} {float(np.mean(stats[field])):.3f}"
@@ -108,6 +108,12 @@ def _kernel_notes(mcmc: MCMC) -> str:
         notes.append(f"step {step_size[0]:.2e}")
     else:
         notes.append(f"step {step_size.min():.2e}..{step_size.max():.2e}")
+    adaptation = getattr(mcmc.last_state, "adaptation", None)
+    if adaptation is not None:  # i-SIR particle chunks drawn after warm-up, of all
+        notes.append(
+            f"particle chunks {int(adaptation.particle_chunks)}/"
+            f"{adaptation.particle_accept.shape[0]}"
+        )
     return ", ".join(notes)
 
 

@@ -12,11 +12,14 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
 from numpyro_ebm._checks import positive_int
+from numpyro_ebm.samplers.flowmc import FlowMCConfig
 
 __all__ = [
     "DEFAULT_TARGET_ACCEPT_PROB",
     "default_flow_options",
     "chunk_size_for_budget",
+    "num_particle_chunks",
+    "round_config",
     "round_options",
     "walker_sharding",
 ]
@@ -27,6 +30,10 @@ DEFAULT_TARGET_ACCEPT_PROB = 0.574
 #: flow's and the potential's intermediates, estimated generously (8 arrays of the position's
 #: size) so that ``memory_budget_bytes`` is an upper bound in practice.
 _SCRATCH_ARRAYS_PER_PARTICLE = 8
+#: Particle counts an adaptive kernel chooses among: the fresh particles come in this many
+#: chunks (fewer chunks would give coarse choices, more a longer sequential loop per round).
+_PARTICLE_COUNTS = 8
+
 #: Largest dimension whose default flow uses spline transformers (see ``flow_options``).
 _MAX_SPLINE_DIM = 8
 
@@ -45,6 +52,7 @@ def round_options(
     dense_preconditioner: Any,
     fit_patience: Any,
     standardise_flow: bool,
+    adapt_num_particles: Any = False,
 ) -> dict:
     """The keyword arguments of :class:`~numpyro_ebm.samplers.FlowMCConfig` but the chunk size.
 
@@ -68,6 +76,7 @@ def round_options(
         dense_preconditioner=bool(dense_preconditioner),
         fit_patience=None if fit_patience is None else positive_int("fit_patience", fit_patience),
         standardise_flow=standardise_flow,
+        adapt_num_particles=bool(adapt_num_particles) and global_move == "isir",
     )
 
 
@@ -88,19 +97,53 @@ def chunk_size_for_budget(
     num_particles: int,
     chunk_size: int | None,
     memory_budget_bytes: int,
+    adaptive: bool = False,
 ) -> int:
     """i-SIR particles per walker drawn at once: as given, or the most the budget allows.
+
+    With ``adaptive`` (the kernel adapts how many chunks it draws) the particles come in at
+    most ``_PARTICLE_COUNTS`` chunks, the counts the kernel chooses from.
 
     Example:
         >>> chunk_size_for_budget(1000, 100, "float32", num_particles=32, chunk_size=None,
         ...                     memory_budget_bytes=2**22)
         1
+        >>> chunk_size_for_budget(128, 2, "float32", num_particles=32, chunk_size=None,
+        ...                     memory_budget_bytes=2**28, adaptive=True)
+        4
     """
     if chunk_size is not None:
         return min(chunk_size, num_particles - 1)
     per_particle = num_walkers * dim * jnp.dtype(dtype).itemsize
     fitting = memory_budget_bytes // (per_particle * _SCRATCH_ARRAYS_PER_PARTICLE)
+    if adaptive:
+        fitting = min(fitting, -(-(num_particles - 1) // _PARTICLE_COUNTS))
     return int(max(1, min(num_particles - 1, fitting)))
+
+
+def num_particle_chunks(config: FlowMCConfig) -> int:
+    """Chunks of ``config.chunk_size`` that hold the ``num_particles - 1`` fresh particles."""
+    return -(-(config.num_particles - 1) // config.chunk_size)
+
+
+def round_config(flat_position: jax.Array, options: dict, chunk_options: dict) -> FlowMCConfig:
+    """The round's configuration for these walkers: ``options`` and a chunk size that fits.
+
+    Args:
+        flat_position: The walkers, ``(num_walkers, dim)``.
+        options: From :func:`round_options`.
+        chunk_options: ``num_particles``, ``chunk_size`` and ``memory_budget_bytes`` of
+            :func:`chunk_size_for_budget`.
+    """
+    num_walkers, dim = flat_position.shape
+    chunk_size = chunk_size_for_budget(
+        num_walkers,
+        dim,
+        flat_position.dtype,
+        **chunk_options,
+        adaptive=options["adapt_num_particles"],
+    )
+    return FlowMCConfig(chunk_size=chunk_size, **options)
 
 
 def walker_sharding(flat_position: jax.Array) -> NamedSharding | None:

@@ -31,8 +31,9 @@ from numpyro_ebm._checks import positive_float, positive_int, typed_key
 from numpyro_ebm._init_params import initialize_walkers, num_walkers_of
 from numpyro_ebm._kernel_setup import (
     DEFAULT_TARGET_ACCEPT_PROB,
-    chunk_size_for_budget,
     default_flow_options,
+    num_particle_chunks,
+    round_config,
     round_options,
     walker_sharding,
 )
@@ -44,7 +45,7 @@ from numpyro_ebm.flows import (
 )
 from numpyro_ebm.health import warn_after_warmup
 from numpyro_ebm.kernel_state import FlowMCState, initial_state, next_state
-from numpyro_ebm.samplers.flowmc import FlowMCConfig, flowmc_round, proposal_flow
+from numpyro_ebm.samplers.flowmc import flowmc_round, proposal_flow
 from numpyro_ebm.samplers.warmup import init_adaptation
 
 __all__ = ["FlowMCKernel", "FlowMCState"]
@@ -107,11 +108,12 @@ class FlowMCKernel(MCMCKernel):
             walkers' covariance instead of their variances, as NUTS's ``dense_mass``. Helps
             strongly correlated unimodal posteriors; with separated modes the between-mode
             covariance makes it worse, hence off by default.
-        fit_patience: Warm-up rounds without a 0.01 gain in smoothed global acceptance after
-            which fitting stops until a new window, once that acceptance has reached 0.1
-            (below it the flow is still being learnt: in d = 64 it stays near 0 for over 50
-            rounds); ``None``: never stop. Past the plateau a warm-up round costs what a
-            sampling one does.
+        fit_patience: Warm-up rounds without a 0.01 gain in smoothed global acceptance, once
+            it is 0.1 or more, after which fitting stops until a new window (in d = 64 it can
+            stay near 0 for 50 rounds while the flow learns); ``None``: never stop.
+        adapt_num_particles: Once fitting stops, and after warm-up, draw only as many i-SIR
+            particles (of ``num_particles``, in eighths) as move most walkers per potential
+            evaluation: few for a flow that matches the target, all for a poor one.
 
     Example:
         >>> import jax, numpyro, numpyro.distributions as dist
@@ -149,6 +151,7 @@ class FlowMCKernel(MCMCKernel):
         flow_seed: int = 0,
         dense_preconditioner: bool = False,
         fit_patience: int | None = 50,
+        adapt_num_particles: bool = True,
     ):
         if (model is None) == (potential_fn is None):
             given = "both" if model is not None else "neither"
@@ -188,6 +191,7 @@ class FlowMCKernel(MCMCKernel):
             dense_preconditioner=dense_preconditioner,
             fit_patience=fit_patience,
             standardise_flow=flow is None,
+            adapt_num_particles=adapt_num_particles,
         )
         # Set by `init` from the initial walkers; fixed for the run. `_latent_template` (one
         # walker's zeros) rebuilds `_unravel` after unpickling.
@@ -279,12 +283,7 @@ class FlowMCKernel(MCMCKernel):
 
         flow = self._flow if self._flow is not None else self._default_flow(dim)
         flow_params, self._flow_static = split_flow(flow)
-        self._config = FlowMCConfig(
-            chunk_size=chunk_size_for_budget(
-                num_walkers, dim, flat_position.dtype, **self._chunk_options
-            ),
-            **self._round_options,
-        )
+        self._config = round_config(flat_position, self._round_options, self._chunk_options)
         self._sample_fn = flowmc_round
 
         # One compiled function: run eagerly, the few dozen small ops of the initial state
@@ -305,6 +304,7 @@ class FlowMCKernel(MCMCKernel):
             step_size=self._step_size,
             buffer_size=self._buffer_size,
             dense_preconditioner=self._config.dense_preconditioner,
+            num_particle_chunks=num_particle_chunks(self._config),
         )
         return initial_state(
             init_params, jax.vmap(potential_fn)(flat_position), adaptation, key_state
@@ -391,9 +391,8 @@ class FlowMCKernel(MCMCKernel):
         return default_flow(jax.random.key(self._flow_seed), dim, **options)
 
     def __getstate__(self) -> dict:
-        # Flows are stored by recipe and arrays, closures rebuilt on loading; a `potential_fn`
-        # kernel comes back complete, a `model` kernel is initialised again by `MCMC` (see
-        # `numpyro_ebm._pickling`).
+        # Flows are stored by recipe and arrays, closures rebuilt on loading; a `model` kernel
+        # is initialised again by `MCMC` (see `numpyro_ebm._pickling`).
         return kernel_getstate(self.__dict__)
 
     def __setstate__(self, state: dict) -> None:

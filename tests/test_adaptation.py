@@ -378,3 +378,29 @@ def test_fitting_stops_at_a_plateau_only_with_patience(patience):
     assert fitted[:10].all()  # fitting at the start either way
     assert fitted[-20:].all() == (patience is None)
     assert (~fitted[-20:]).all() == (patience is not None)
+
+
+@pytest.mark.parametrize("adapt_num_particles", [True, False])
+def test_a_good_flow_draws_fewer_particles_only_when_adaptive(adapt_num_particles):
+    # A standard normal: the flow matches it within a few rounds (global acceptance near
+    # 1 − 1/N), so one chunk of particles moves almost every walker at a fraction of the cost.
+    kernel = FlowMCKernel(
+        _standard_normal,
+        num_particles=17,  # 16 fresh particles in 8 chunks of 2
+        fit_patience=10,
+        adapt_num_particles=adapt_num_particles,
+    )
+    mcmc = MCMC(
+        kernel, num_warmup=150, num_samples=20, num_chains=16, chain_method="vectorized",
+        progress_bar=False,
+    )  # fmt: skip
+    mcmc.run(jax.random.PRNGKey(14), extra_fields=("global_accept_prob",))
+    adaptation = mcmc.last_state.adaptation
+    # Not adaptive, the particles come in one chunk (the memory budget allows it).
+    num_chunks = 8 if adapt_num_particles else 1
+    assert adaptation.particle_accept.shape == (num_chunks,)
+    assert (int(adaptation.particle_chunks) < num_chunks) == adapt_num_particles
+    # The measured acceptance grows with the number of particles (the flow is not perfect).
+    assert np.all(np.diff(np.asarray(adaptation.particle_accept)) >= 0)
+    global_accept = float(np.mean(mcmc.get_extra_fields()["global_accept_prob"]))
+    assert global_accept > 0.5

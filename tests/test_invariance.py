@@ -109,9 +109,20 @@ PRECONDITIONERS = {
 
 
 def _run_rounds(
-    target, *, global_move, num_local_steps, step_size, preconditioner="diagonal", seed=0
+    target,
+    *,
+    global_move,
+    num_local_steps,
+    step_size,
+    preconditioner="diagonal",
+    seed=0,
+    particle_chunks=None,
 ):
-    """NUM_ROUNDS frozen rounds from exact draws; returns the final positions."""
+    """NUM_ROUNDS frozen rounds from exact draws; returns the final positions.
+
+    With ``particle_chunks``, i-SIR draws only that many of its 3 chunks of particles, as an
+    adaptive kernel does after warm-up.
+    """
     # Imperfect on purpose (see `Target.flow_scale`), and frozen.
     flow = Normal(jnp.zeros(2), target.flow_scale * jnp.ones(2))
     flow_params, flow_static = split_flow(flow)
@@ -129,6 +140,7 @@ def _run_rounds(
         optimizer=optimizer,
         standardise_flow=False,  # the flow above is over model coordinates, used as given
         dense_preconditioner=preconditioner == "dense",
+        adapt_num_particles=particle_chunks is not None,
     )
     key_draws, key_rounds = jax.random.split(jax.random.key(seed))
     position = target.draws(key_draws, NUM_WALKERS)
@@ -139,7 +151,10 @@ def _run_rounds(
         step_size=step_size,
         buffer_size=1,
         dense_preconditioner=config.dense_preconditioner,
+        num_particle_chunks=3,  # 7 fresh particles in chunks of 3
     )
+    if particle_chunks is not None:
+        state = state._replace(particle_chunks=jnp.asarray(particle_chunks, jnp.int32))
     # Not adapting, the round uses the averaged step size and this fixed preconditioner.
     state = state._replace(
         step_size_average=jnp.asarray(step_size),
@@ -201,6 +216,21 @@ def test_frozen_round_leaves_the_target_invariant(name, global_move):
     # Both moves actually moved walkers (else invariance is trivial).
     assert 0.05 < float(jnp.mean(global_accept_prob)) < 0.95
     assert 0.3 < float(jnp.mean(accept_prob)) < 0.99
+    excess = _excess(x, target)
+    assert excess.max() < 1.0, excess
+
+
+@pytest.mark.parametrize("name", ["gaussian", "mixture"])
+def test_isir_with_fewer_particle_chunks_leaves_the_target_invariant(name):
+    target = TARGETS[name]
+    x, _, fewer_accept = _run_rounds(
+        target, global_move="isir", num_local_steps=2, step_size=STEP_SIZE, particle_chunks=1
+    )
+    _, _, all_accept = _run_rounds(
+        target, global_move="isir", num_local_steps=2, step_size=STEP_SIZE
+    )
+    # 4 particles instead of 8 really were used: fewer walkers move.
+    assert 0.05 < float(jnp.mean(fewer_accept)) < float(jnp.mean(all_accept)) - 0.02
     excess = _excess(x, target)
     assert excess.max() < 1.0, excess
 

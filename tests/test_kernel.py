@@ -244,11 +244,19 @@ def test_init_strategy_places_the_walkers():
 
 
 @pytest.mark.parametrize(
-    ("budget", "chunk_size", "expected"),
+    ("budget", "chunk_size", "adaptive", "expected"),
     # 64 walkers × 4 coordinates × 4 bytes × 8 arrays = 8 KiB of scratch per fresh particle.
-    [(2**16, None, None), (100_000, None, None), (1, None, 1), (2**40, None, 31), (2**20, 5, 5)],
+    # Adapting the particle count, the 31 fresh particles come in chunks of at most 4 (eighths).
+    [
+        (2**16, None, False, None),
+        (100_000, None, False, None),
+        (1, None, True, 1),
+        (2**40, None, False, 31),
+        (2**40, None, True, 4),
+        (2**20, 5, True, 5),
+    ],
 )
-def test_particle_chunk_respects_the_memory_budget(budget, chunk_size, expected):
+def test_particle_chunk_respects_the_memory_budget(budget, chunk_size, adaptive, expected):
     num_walkers, dim, num_particles = 64, 4, 32
     kernel = FlowMCKernel(
         potential_fn=lambda x: 0.5 * x @ x,
@@ -256,6 +264,7 @@ def test_particle_chunk_respects_the_memory_budget(budget, chunk_size, expected)
         num_particles=num_particles,
         memory_budget_bytes=budget,
         particle_chunk_size=chunk_size,
+        adapt_num_particles=adaptive,
     )
     kernel.init(jax.random.split(jax.random.key(0), num_walkers), 0, jnp.zeros((num_walkers, dim)))
     chunk = kernel._config.chunk_size

@@ -183,6 +183,32 @@ def test_isir_with_perfect_proposal_picks_uniformly():
     assert int(info.num_nonfinite.sum()) == 0
 
 
+@pytest.mark.parametrize("active_chunks", [1, 2])
+def test_isir_with_fewer_active_chunks_uses_fewer_particles(active_chunks):
+    # 7 fresh particles in chunks of 3: with k chunks active, N = 1 + min(3k, 7) particles.
+    num_walkers, num_particles, chunk_size = 4000, 8, 3
+    flow = Normal(_PERFECT_LOC, _PERFECT_SCALE)
+    x = flow.sample(jax.random.key(7), (num_walkers,))
+    step = _jit_global(
+        isir_step,
+        flow,
+        potential_fn=_perfect_potential,
+        num_particles=num_particles,
+        chunk_size=chunk_size,
+        num_active_chunks=active_chunks,
+    )
+    new_x, _, info = step(jax.random.key(8), x, jax.vmap(_perfect_potential)(x))
+    # Equal weights: P(move) = 1 − 1/N with the first k chunks; chunks past the active ones
+    # repeat the last active value.
+    fresh = np.minimum(chunk_size * np.arange(1, 4), num_particles - 1)
+    expected = 1 - 1 / (1 + fresh[np.minimum(np.arange(3), active_chunks - 1)])
+    np.testing.assert_allclose(info.accept_prob_by_chunks, np.broadcast_to(expected, (4000, 3)),
+                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(info.accept_prob, expected[-1], atol=1e-5)
+    moved = np.any(np.asarray(new_x != x), axis=1)
+    assert abs(_bernoulli_sum_z(moved, info.accept_prob)) < two_sided_z(ALPHA)
+
+
 def test_imh_with_perfect_proposal_always_accepts():
     flow = Normal(_PERFECT_LOC, _PERFECT_SCALE)
     x = flow.sample(jax.random.key(9), (1000,))

@@ -42,6 +42,8 @@ __all__ = [
     "from_latent",
     "identity_preconditioner",
     "init_fit_progress",
+    "particle_chunks_per_cost",
+    "smooth_accept_prob",
     "init_step_size_adaptation",
     "moved_far",
     "precondition_flow",
@@ -249,6 +251,11 @@ _MIN_ACCEPT_GAIN = 0.01
 _MIN_ACCEPT_TO_STOP = 0.1
 
 
+def smooth_accept_prob(smoothed: jax.Array, observed: jax.Array) -> jax.Array:
+    """One step of the exponential moving average of an acceptance rate."""
+    return smoothed + _ACCEPT_SMOOTHING * (observed - smoothed)
+
+
 class FitProgress(NamedTuple):
     """How the flow's global acceptance evolves over a window.
 
@@ -280,9 +287,7 @@ def update_fit_progress(progress: FitProgress, global_accept_prob: jax.Array) ->
         >>> int(progress.rounds_without_gain) > 50
         True
     """
-    smoothed = progress.accept_prob + _ACCEPT_SMOOTHING * (
-        jnp.nan_to_num(global_accept_prob) - progress.accept_prob
-    )
+    smoothed = smooth_accept_prob(progress.accept_prob, jnp.nan_to_num(global_accept_prob))
     gained = smoothed > progress.best_accept_prob + _MIN_ACCEPT_GAIN
     return FitProgress(
         accept_prob=smoothed,
@@ -313,6 +318,44 @@ def still_fitting(progress: FitProgress, patience: int | None) -> jax.Array:
         return jnp.array(True)
     learning = progress.accept_prob < _MIN_ACCEPT_TO_STOP
     return learning | (progress.rounds_without_gain < patience)
+
+
+#: Potential evaluations a MALA step costs: one potential and its gradient, which reverse mode
+#: computes for a small multiple of the potential's cost (Griewank & Walther 2008: at most 4–5).
+_EVALUATIONS_PER_MALA_STEP = 3
+
+
+def particle_chunks_per_cost(
+    accept_prob_by_chunks: jax.Array, chunk_size: int, num_fresh: int, num_local_steps: int
+) -> jax.Array:
+    """The number of i-SIR particle chunks that moves most walkers per potential evaluation.
+
+    A round costs one potential evaluation per fresh particle, ``_EVALUATIONS_PER_MALA_STEP``
+    per MALA step and one at its start; with ``k`` chunks its global move succeeds with
+    probability ``a_k``. The chosen ``k`` maximises ``a_k`` per evaluation: a flow that already
+    matches the target needs few particles, a poor one all of them.
+
+    Args:
+        accept_prob_by_chunks: ``(num_chunks,)`` mean probability of a global move with the
+            first ``k = 1, 2, ...`` chunks.
+        chunk_size: Fresh particles per chunk.
+        num_fresh: Fresh particles in all (the last chunk may be partial).
+        num_local_steps: MALA steps per round.
+
+    Returns:
+        The chunk count (int32 scalar, at least 1).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> int(particle_chunks_per_cost(jnp.array([0.8, 0.9, 0.93, 0.95]), 4, 15, 5))
+        1
+        >>> int(particle_chunks_per_cost(jnp.array([0.05, 0.1, 0.15, 0.2]), 4, 15, 5))
+        4
+    """
+    num_chunks = accept_prob_by_chunks.shape[0]
+    num_particles = jnp.minimum(chunk_size * jnp.arange(1, num_chunks + 1), num_fresh)
+    cost = num_particles + 1 + _EVALUATIONS_PER_MALA_STEP * num_local_steps
+    return (jnp.argmax(accept_prob_by_chunks / cost) + 1).astype(jnp.int32)
 
 
 #: Robbins–Monro gain exponent for the log step size: in (1/2, 1] for convergence of the

@@ -33,7 +33,7 @@ from numpyro_ebm.flows import merge_flow
 from numpyro_ebm.samplers.adaptation import from_latent, precondition_flow, still_fitting, to_latent
 from numpyro_ebm.samplers.global_moves import imh_step, isir_step
 from numpyro_ebm.samplers.langevin import init_walkers, mala_step, nonfinite_to_inf
-from numpyro_ebm.samplers.warmup import FlowMCAdaptation, adapt, fit_on_buffer
+from numpyro_ebm.samplers.warmup import FlowMCAdaptation, adapt, count_particles, fit_on_buffer
 
 __all__ = [
     "FlowMCConfig",
@@ -67,6 +67,9 @@ class FlowMCConfig(NamedTuple):
         fit_patience: Stop fitting the flow, until the next window, after this many adapting
             rounds without a gain in the smoothed global acceptance; ``None`` never stops (as
             inside EBM training, where the target keeps moving).
+        adapt_num_particles: Once fitting has stopped, and after warm-up, draw only the i-SIR
+            particle chunks that move most walkers per potential evaluation (measured while
+            every chunk is drawn); otherwise always draw ``num_particles``.
     """
 
     num_local_steps: int
@@ -82,6 +85,7 @@ class FlowMCConfig(NamedTuple):
     dense_preconditioner: bool = False
     standardise_flow: bool = True
     fit_patience: int | None = None
+    adapt_num_particles: bool = False
 
 
 class FlowMCRoundInfo(NamedTuple):
@@ -113,7 +117,9 @@ def proposal_flow(state: FlowMCAdaptation, flow_static: Any, config: FlowMCConfi
     return flow
 
 
-def _global_move(rng_key, position, potential_energy, flow, potential_fn, config: FlowMCConfig):
+def _global_move(
+    rng_key, position, potential_energy, flow, potential_fn, config: FlowMCConfig, num_chunks
+):
     if config.global_move == "isir":
         return isir_step(
             rng_key,
@@ -123,6 +129,7 @@ def _global_move(rng_key, position, potential_energy, flow, potential_fn, config
             potential_fn,
             num_particles=config.num_particles,
             chunk_size=config.chunk_size,
+            num_active_chunks=num_chunks if config.adapt_num_particles else None,
         )
     return imh_step(rng_key, position, potential_energy, flow, potential_fn)
 
@@ -194,6 +201,10 @@ def flowmc_round(
     key_global, key_local, key_fit = jax.random.split(typed_key(rng_key), 3)
     potential_energy = nonfinite_to_inf(jax.vmap(potential_fn)(position))
     num_walkers = position.shape[0]
+    # Every particle chunk is drawn while the flow is being fitted, which measures the
+    # acceptance of each count; then only the chosen count (see `count_particles`).
+    all_chunks = adapting & still_fitting(state.fit_progress, config.fit_patience)
+    num_chunks = jnp.where(all_chunks, state.particle_accept.shape[0], state.particle_chunks)
 
     if config.global_move == "none":
         global_accept_prob = jnp.zeros(num_walkers, position.dtype)
@@ -201,10 +212,12 @@ def flowmc_round(
     else:
         flow = proposal_flow(state, flow_static, config)
         position, potential_energy, global_info = _global_move(
-            key_global, position, potential_energy, flow, potential_fn, config
+            key_global, position, potential_energy, flow, potential_fn, config, num_chunks
         )
         global_accept_prob = global_info.accept_prob.astype(position.dtype)
         global_nonfinite = global_info.num_nonfinite
+        if config.adapt_num_particles and config.global_move == "isir":
+            state = count_particles(state, global_info.accept_prob_by_chunks, all_chunks, config)
 
     step_size = jnp.where(adapting, state.step_size, state.step_size_average)
     position, potential_energy, accept_prob, local_nonfinite = _local_moves(

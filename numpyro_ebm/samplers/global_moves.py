@@ -40,11 +40,16 @@ class GlobalInfo(NamedTuple):
             independent MH, the acceptance probability.
         accepted: Whether the walker moved.
         num_nonfinite: Number of this walker's proposals with a non-finite weight.
+        accept_prob_by_chunks: ``(num_walkers, num_chunks)``: for i-SIR, the probability of
+            moving had only the first ``k`` chunks of particles been drawn, ``k = 1, 2, ...``
+            (chunks left out of the move repeat the last drawn one's value); independent MH
+            has one column, its ``accept_prob``.
     """
 
     accept_prob: jax.Array
     accepted: jax.Array
     num_nonfinite: jax.Array
+    accept_prob_by_chunks: jax.Array
 
 
 def importance_log_weight(potential_energy: jax.Array, flow_log_prob: jax.Array) -> jax.Array:
@@ -83,8 +88,13 @@ def isir_step(
     *,
     num_particles: int,
     chunk_size: int,
+    num_active_chunks: jax.Array | int | None = None,
 ) -> tuple[jax.Array, jax.Array, GlobalInfo]:
     """One i-SIR step for every walker, drawing fresh particles in chunks.
+
+    With ``num_active_chunks`` set, only the first that many chunks are drawn (the others cost
+    nothing): an i-SIR step with ``1 + min(num_active_chunks * chunk_size, N - 1)`` particles,
+    valid for any count that does not depend on the current positions.
 
     Args:
         rng_key: PRNG key.
@@ -94,6 +104,7 @@ def isir_step(
         potential_fn: ``U`` of one flat position.
         num_particles: ``N``, the current state included (``N >= 2``).
         chunk_size: Fresh particles per walker drawn at once (``1 <= chunk_size``).
+        num_active_chunks: Chunks to draw (a scalar, may be traced); ``None``: all.
 
     Returns:
         ``(position, potential_energy, info)`` after the move.
@@ -124,8 +135,20 @@ def isir_step(
     )
 
     def add_chunk(carry, inputs):
-        best_score, best_position, best_energy, log_total, num_nonfinite = carry
         key, chunk_index = inputs
+        if num_active_chunks is None:
+            carry, moved = draw_chunk(carry, key, chunk_index)
+        else:  # a chunk past the active ones is skipped, not computed and masked
+            carry, moved = jax.lax.cond(
+                chunk_index < num_active_chunks,
+                draw_chunk,
+                lambda carry, *_: (carry, jnp.zeros(num_walkers, bool)),
+                carry, key, chunk_index,
+            )  # fmt: skip
+        return carry, (moved, carry[3])  # carry[3]: the log-sum-exp of the weights so far
+
+    def draw_chunk(carry, key, chunk_index):
+        best_score, best_position, best_energy, log_total, num_nonfinite = carry
         key_draw, key_gumbel = jax.random.split(key)
         draws, energy, log_weight = _draw_and_weigh(
             key_draw, flow, potential_fn, num_walkers * chunk_size, position.dtype
@@ -155,14 +178,25 @@ def isir_step(
         ), better
 
     keys = jax.random.split(key_chunks, num_chunks)
-    final, moved_per_chunk = jax.lax.scan(add_chunk, initial, (keys, jnp.arange(num_chunks)))
-    _, new_position, new_energy, log_total, num_nonfinite = final
+    final, (moved_per_chunk, log_totals) = jax.lax.scan(
+        add_chunk, initial, (keys, jnp.arange(num_chunks))
+    )
+    _, new_position, new_energy, _, num_nonfinite = final
     accepted = jnp.any(moved_per_chunk, axis=0)
-    # P(pick != current) = 1 - w_current / sum w; a current state of weight 0 always moves.
+    accept_prob_by_chunks = _move_prob(current_log_weight, log_totals.T)
+    return (
+        new_position,
+        new_energy,
+        GlobalInfo(accept_prob_by_chunks[:, -1], accepted, num_nonfinite, accept_prob_by_chunks),
+    )
+
+
+def _move_prob(current_log_weight: jax.Array, log_total: jax.Array) -> jax.Array:
+    """P(pick != current) = 1 - w_current / Σ w; a current state of weight 0 always moves."""
+    current_log_weight = current_log_weight.reshape(-1, *(1,) * (log_total.ndim - 1))
     stay_prob = jnp.exp(current_log_weight - log_total)
     accept_prob = jnp.where(jnp.isfinite(current_log_weight), 1.0 - stay_prob, 1.0)
-    accept_prob = jnp.where(jnp.isnan(accept_prob), 0.0, accept_prob)
-    return new_position, new_energy, GlobalInfo(accept_prob, accepted, num_nonfinite)
+    return jnp.where(jnp.isnan(accept_prob), 0.0, accept_prob)
 
 
 def imh_step(
@@ -201,4 +235,8 @@ def imh_step(
     new_energy = jnp.where(accepted, energy, potential_energy)
     num_nonfinite = (log_weight == -jnp.inf).astype(jnp.int32)
     accept_prob = jnp.exp(jnp.minimum(log_ratio, 0.0))
-    return new_position, new_energy, GlobalInfo(accept_prob, accepted, num_nonfinite)
+    return (
+        new_position,
+        new_energy,
+        GlobalInfo(accept_prob, accepted, num_nonfinite, accept_prob[:, None]),
+    )

@@ -21,6 +21,8 @@ from numpyro_ebm.samplers.adaptation import (
     init_fit_progress,
     init_step_size_adaptation,
     moved_far,
+    particle_chunks_per_cost,
+    smooth_accept_prob,
     to_latent,
     update_fit_progress,
     update_step_size,
@@ -29,7 +31,7 @@ from numpyro_ebm.samplers.adaptation import (
 if TYPE_CHECKING:  # the round's configuration; flowmc imports this module
     from numpyro_ebm.samplers.flowmc import FlowMCConfig
 
-__all__ = ["FlowMCAdaptation", "adapt", "fit_on_buffer", "init_adaptation"]
+__all__ = ["FlowMCAdaptation", "adapt", "count_particles", "fit_on_buffer", "init_adaptation"]
 
 
 class FlowMCAdaptation(NamedTuple):
@@ -48,6 +50,10 @@ class FlowMCAdaptation(NamedTuple):
         buffer: The walkers' positions at the last rounds, ``(buffer_size, num_walkers, dim)``,
             used to fit the flow (rows older than the window are ignored).
         fit_progress: Smoothed global acceptance, which says when fitting stopped paying.
+        particle_accept: ``(num_chunks,)`` smoothed global acceptance with the first ``k``
+            chunks of i-SIR particles, measured while all are drawn.
+        particle_chunks: Chunks of i-SIR particles drawn once fitting has stopped and after
+            warm-up: the count that moves most walkers per potential evaluation.
         round_index: Rounds done so far (also the buffer's write cursor).
     """
 
@@ -61,6 +67,8 @@ class FlowMCAdaptation(NamedTuple):
     opt_state: Any
     buffer: jax.Array
     fit_progress: FitProgress
+    particle_accept: jax.Array
+    particle_chunks: jax.Array
     round_index: jax.Array
 
 
@@ -72,6 +80,7 @@ def init_adaptation(
     step_size: float,
     buffer_size: int,
     dense_preconditioner: bool = False,
+    num_particle_chunks: int = 1,
 ) -> FlowMCAdaptation:
     """The adaptation state before the first round: preconditioner from the walkers.
 
@@ -82,6 +91,7 @@ def init_adaptation(
         step_size: Initial MALA step size (in preconditioned coordinates).
         buffer_size: Rounds of positions kept to fit the flow.
         dense_preconditioner: Estimate a dense preconditioner.
+        num_particle_chunks: Chunks of i-SIR particles per round (all are drawn at first).
 
     Returns:
         The state.
@@ -97,6 +107,8 @@ def init_adaptation(
         window_reference=preconditioner,
         window_start=jnp.zeros((), jnp.int32),
         fit_progress=init_fit_progress(dtype),
+        particle_accept=jnp.zeros(num_particle_chunks, dtype),
+        particle_chunks=jnp.asarray(num_particle_chunks, jnp.int32),
         flow_params=flow_params,
         opt_state=opt_state,
         buffer=jnp.broadcast_to(position, (buffer_size, *position.shape)),
@@ -158,4 +170,31 @@ def adapt(
         preconditioner=preconditioner,
         window_reference=unless_restart(state.window_reference, preconditioner),
         window_start=jnp.where(restart, state.round_index, state.window_start),
+    )
+
+
+def count_particles(
+    state: FlowMCAdaptation, accept_prob_by_chunks, all_drawn, config: FlowMCConfig
+) -> FlowMCAdaptation:
+    """Update the number of i-SIR particle chunks to draw after a round.
+
+    Args:
+        state: Adaptation state.
+        accept_prob_by_chunks: ``(num_walkers, num_chunks)`` probability of a global move with
+            the first ``k`` chunks (see :class:`~numpyro_ebm.samplers.GlobalInfo`).
+        all_drawn: Whether the round drew every chunk while adapting (boolean scalar); only
+            such rounds measure the acceptance of every count.
+        config: Hyperparameters (``chunk_size``, ``num_particles``, ``num_local_steps``).
+
+    Returns:
+        The state with the smoothed acceptance per count and the count to draw.
+    """
+    measured = smooth_accept_prob(state.particle_accept, jnp.mean(accept_prob_by_chunks, axis=0))
+    particle_accept = jnp.where(all_drawn, measured, state.particle_accept)
+    best = particle_chunks_per_cost(
+        particle_accept, config.chunk_size, config.num_particles - 1, config.num_local_steps
+    )
+    return state._replace(
+        particle_accept=particle_accept,
+        particle_chunks=jnp.where(all_drawn, best, state.particle_chunks),
     )

@@ -70,6 +70,7 @@ def _kernel_sampler(
         fit_batch_size=fit_batch_size,
         buffer_size=1,
         fit_patience=None,  # the target moves with the EBM: the flow never stops following
+        adapt_num_particles=False,  # all particles, as the flow is fitted every round
     )
 
     def init(rng_key, positions, energy_params):
