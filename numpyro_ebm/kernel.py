@@ -278,11 +278,10 @@ class FlowMCKernel(MCMCKernel):
 
         flow = self._flow if self._flow is not None else self._default_flow(dim)
         flow_params, self._flow_static = split_flow(flow)
+        chunk = chunk_size_for_budget(num_walkers, dim, flat_position.dtype, **self._chunk_options)
+        # Walkers split over devices: each flow-fitting batch is split the same way.
         self._config = FlowMCConfig(
-            chunk_size=chunk_size_for_budget(
-                num_walkers, dim, flat_position.dtype, **self._chunk_options
-            ),
-            **self._round_options,
+            chunk_size=chunk, batch_sharding=self._walker_sharding, **self._round_options
         )
         self._sample_fn = flowmc_round
 

@@ -67,6 +67,8 @@ class FlowMCConfig(NamedTuple):
         fit_patience: Stop fitting the flow, until the next window, after this many adapting
             rounds without a gain in the smoothed global acceptance; ``None`` never stops (as
             inside EBM training, where the target keeps moving).
+        batch_sharding: Split each flow-fitting batch over devices this way (the walkers'
+            sharding when they are split over a mesh); ``None`` leaves the layout to XLA.
     """
 
     num_local_steps: int
@@ -82,6 +84,7 @@ class FlowMCConfig(NamedTuple):
     dense_preconditioner: bool = False
     standardise_flow: bool = True
     fit_patience: int | None = None
+    batch_sharding: jax.sharding.NamedSharding | None = None
 
 
 class FlowMCRoundInfo(NamedTuple):
