@@ -68,8 +68,8 @@ def auto_axes(mesh: Mesh) -> Mesh:
     Example:
         >>> import jax
         >>> mesh = jax.make_mesh((1,), ("data",), axis_types=(AxisType.Explicit,))
-        >>> auto_axes(mesh).axis_types
-        (AxisType.Auto,)
+        >>> auto_axes(mesh).axis_types == (AxisType.Auto,)
+        True
     """
     if all(axis_type == AxisType.Auto for axis_type in mesh.axis_types):
         return mesh

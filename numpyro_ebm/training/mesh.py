@@ -206,7 +206,7 @@ def put_on_mesh(tree: Any, shardings: Any) -> Any:
         >>> mesh = data_mesh(1)
         >>> x = put_on_mesh(jnp.zeros((4, 3)), split_leading_axis(mesh))
         >>> x.sharding.spec
-        PartitionSpec(('data',),)
+        P('data',)
     """
     if isinstance(shardings, jax.sharding.Sharding):
         return jax.tree.map(lambda leaf: _place(leaf, shardings), tree)
