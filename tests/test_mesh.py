@@ -144,6 +144,25 @@ def test_mesh_resume_on_another_device_count(mesh_runs):
     assert json.loads((out / "settings.json").read_text())["num_devices"] == 1
 
 
+REPOSITORY = Path(__file__).parents[1]
+
+
+def _run_python(script: Path, *args: str, timeout: float, **env: str) -> dict:
+    """Run a script in a new process (with these environment variables) and read the JSON
+    object its last output line holds."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **env)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPOSITORY), os.environ.get("PYTHONPATH", "")])
+    completed = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
 _FOUR_DEVICES = """
 import json, sys
 import jax
@@ -166,19 +185,11 @@ print(json.dumps({
 
 def test_mesh_four_devices_on_an_explicit_axes_mesh(tmp_path):
     """A user's mesh of 4 devices with Explicit axes splits the walkers 4 ways."""
-    env = dict(os.environ, JAX_NUM_CPU_DEVICES="4", JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
     script = tmp_path / "four.py"
     script.write_text(_FOUR_DEVICES)
-    completed = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "run"), json.dumps(MESH_RUN)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+    report = _run_python(
+        script, str(tmp_path / "run"), json.dumps(MESH_RUN), timeout=300, JAX_NUM_CPU_DEVICES="4"
     )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    report = json.loads(completed.stdout.strip().splitlines()[-1])
     assert report["devices"] == 4 and report["walker_devices"] == 4 and report["num_devices"] == 4
     assert report["shard_rows"] == MESH_RUN["num_walkers"] // 4
     assert report["epochs"] == [1, 2]
@@ -222,18 +233,8 @@ def test_mesh_multihost_training_and_kernel_across_two_processes(tmp_path):
     localhost train one run (written once, by process 0) and run FlowMCKernel on 4 global
     devices; one process with 2 devices then resumes the run. Minutes on 2 shared CPU cores
     (gloo collectives), hence slow: ``pytest -m slow -k multihost``."""
-    script = Path(__file__).parents[1] / "benchmarks" / "multihost.py"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
-    completed = subprocess.run(
-        [sys.executable, str(script), "--out", str(tmp_path / "run")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    script = REPOSITORY / "benchmarks" / "multihost.py"
+    report = _run_python(script, "--out", str(tmp_path / "run"), timeout=900)
     for process in report["processes"]:
         assert process["global_devices"] == 4 and process["local_devices"] == 2
         assert process["num_devices"] == 4 and process["walker_devices"] == 4
