@@ -108,9 +108,10 @@ class FlowMCKernel(MCMCKernel):
             strongly correlated unimodal posteriors; with separated modes the between-mode
             covariance makes it worse, hence off by default.
         fit_patience: Warm-up rounds without a 0.01 gain in smoothed global acceptance after
-            which fitting stops until a new window; ``None`` (default): never. E.g. 50 saves
-            time in low dimension; in d = 64 the acceptance can stay near 0 for over 50 rounds
-            while the flow still learns, so this is opt-in.
+            which fitting stops until a new window, once that acceptance has reached 0.1
+            (below it the flow is still being learnt: in d = 64 it stays near 0 for over 50
+            rounds); ``None``: never stop. Past the plateau a warm-up round costs what a
+            sampling one does.
 
     Example:
         >>> import jax, numpyro, numpyro.distributions as dist
@@ -147,7 +148,7 @@ class FlowMCKernel(MCMCKernel):
         memory_budget_bytes: int = 2**28,
         flow_seed: int = 0,
         dense_preconditioner: bool = False,
-        fit_patience: int | None = None,
+        fit_patience: int | None = 50,
     ):
         if (model is None) == (potential_fn is None):
             given = "both" if model is not None else "neither"

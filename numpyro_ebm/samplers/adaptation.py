@@ -243,6 +243,10 @@ def update_step_size(
 _ACCEPT_SMOOTHING = 0.1
 #: A gain smaller than this (one walker in a hundred) is no progress.
 _MIN_ACCEPT_GAIN = 0.01
+#: Fitting never stops while the smoothed global acceptance is below this: the flow is still
+#: being learnt. In d = 64 the acceptance stays near 0 for over 50 rounds before it rises to
+#: about 0.25 (``benchmarks/bimodal.py``), so a plateau below this is not the end of learning.
+_MIN_ACCEPT_TO_STOP = 0.1
 
 
 class FitProgress(NamedTuple):
@@ -288,10 +292,27 @@ def update_fit_progress(progress: FitProgress, global_accept_prob: jax.Array) ->
 
 
 def still_fitting(progress: FitProgress, patience: int | None) -> jax.Array:
-    """Whether the flow should still be fitted: a gain within the last ``patience`` rounds."""
+    """Whether the flow should still be fitted.
+
+    It should while the smoothed acceptance is below ``_MIN_ACCEPT_TO_STOP`` (0.1) or has
+    gained within the last ``patience`` rounds; ``patience=None`` fits for ever.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> progress = init_fit_progress()
+        >>> for _ in range(100):  # a flat acceptance of 0.02: the flow is still being learnt
+        ...     progress = update_fit_progress(progress, jnp.array(0.02))
+        >>> bool(still_fitting(progress, 50))
+        True
+        >>> for _ in range(100):  # a plateau at 0.5
+        ...     progress = update_fit_progress(progress, jnp.array(0.5))
+        >>> bool(still_fitting(progress, 50))
+        False
+    """
     if patience is None:
         return jnp.array(True)
-    return progress.rounds_without_gain < patience
+    learning = progress.accept_prob < _MIN_ACCEPT_TO_STOP
+    return learning | (progress.rounds_without_gain < patience)
 
 
 #: Robbins–Monro gain exponent for the log step size: in (1/2, 1] for convergence of the
