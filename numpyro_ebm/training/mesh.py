@@ -239,6 +239,12 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
+def _same_tree(a: Any, b: Any) -> bool:
+    leaves_a, tree_a = jax.tree.flatten(a)
+    leaves_b, tree_b = jax.tree.flatten(b)
+    return tree_a == tree_b and leaves_a == leaves_b
+
+
 class MeshProgram:
     """A training program compiled for a mesh, whose state keeps one layout from call to call.
 
@@ -274,8 +280,9 @@ class MeshProgram:
         Returns:
             The state in that layout.
         """
-        self.layout = state_shardings(state, self.mesh)
-        self._compiled = None
+        layout = state_shardings(state, self.mesh)
+        if not _same_tree(layout, self.layout):  # else keep the compiled program
+            self.layout, self._compiled = layout, None
         return put_on_mesh(state, self.layout)
 
     def __call__(self, state: Any, *args: Any) -> tuple[Any, Any]:
