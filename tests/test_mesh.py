@@ -197,7 +197,8 @@ def test_mesh_four_devices_on_an_explicit_axes_mesh(tmp_path):
 
 def test_mesh_flow_fitting_batch_is_split():
     """``fit_flow(batch_sharding=...)`` constrains each batch to the walkers' split (without
-    it, nothing does), and the split program runs. A constraint changes no value."""
+    it, nothing does). A constraint changes no value; flowMC training on 2 devices runs it
+    (test_training.py's flowMC runs, on conftest's 2 devices)."""
     mesh = data_mesh(2)
     flow = default_flow(jax.random.key(0), 2, flow_layers=1, nn_width=8, transformer="affine")
     params, static = split_flow(flow)
@@ -220,11 +221,8 @@ def test_mesh_flow_fitting_batch_is_split():
 
         return jax.jit(run).lower(params, x)
 
-    split = lowered(split_leading_axis(mesh))
-    assert "sharding_constraint" in split.as_text()
+    assert "sharding_constraint" in lowered(split_leading_axis(mesh)).as_text()
     assert "sharding_constraint" not in lowered(None).as_text()
-    _, _, loss = split.compile()(params, x)
-    assert np.isfinite(loss)
 
 
 @pytest.mark.slow
