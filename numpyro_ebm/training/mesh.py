@@ -92,6 +92,11 @@ def split_sizes(config: Any, num_walkers: int) -> dict[str, int]:
 
     Returns:
         ``batch_size``, and ``num_walkers`` and ``fit_batch_size`` where the objective has them.
+
+    Example:
+        >>> from numpyro_ebm.training import TrainConfig
+        >>> split_sizes(TrainConfig(batch_size=64), num_walkers=512)
+        {'batch_size': 64, 'num_walkers': 512, 'fit_batch_size': 256}
     """
     sizes = {"batch_size": config.batch_size}
     if num_walkers:
@@ -127,6 +132,14 @@ def training_mesh(mesh: Mesh | None, devices: int | None, sizes: Mapping[str, in
 
     Raises:
         ValueError: If a size is not a multiple of the mesh's devices.
+
+    Example:
+        >>> import jax
+        >>> explicit = jax.make_mesh((1,), ("walkers",), axis_types=(AxisType.Explicit,))
+        >>> training_mesh(explicit, None, {"num_walkers": 8}).axis_types == (AxisType.Auto,)
+        True
+        >>> training_mesh(None, 1, {"num_walkers": 8}).axis_names
+        ('data',)
     """
     if mesh is None:
         return data_mesh(num_devices_for(devices, sizes, len(jax.devices())))
@@ -135,12 +148,22 @@ def training_mesh(mesh: Mesh | None, devices: int | None, sizes: Mapping[str, in
 
 
 def split_leading_axis(mesh: Mesh) -> NamedSharding:
-    """Arrays split along their first axis over all the mesh's devices (walkers, batches)."""
+    """Arrays split along their first axis over all the mesh's devices (walkers, batches).
+
+    Example:
+        >>> split_leading_axis(data_mesh(1)).spec
+        P('data',)
+    """
     return NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
-    """A full copy on every device of the mesh (parameters, optimizer state, data)."""
+    """A full copy on every device of the mesh (parameters, optimizer state, data).
+
+    Example:
+        >>> replicated(data_mesh(1)).is_fully_replicated
+        True
+    """
     return NamedSharding(mesh, PartitionSpec())
 
 
@@ -159,6 +182,14 @@ def state_shardings(tree: Any, mesh: Mesh) -> Any:
 
     Returns:
         A tree of :class:`~jax.sharding.NamedSharding` of the same structure.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> mesh = data_mesh(1)
+        >>> state = {"walkers": put_on_mesh(jnp.zeros((4, 2)), split_leading_axis(mesh)),
+        ...          "weights": jnp.ones(3)}
+        >>> {name: s.spec for name, s in state_shardings(state, mesh).items()}
+        {'walkers': P(), 'weights': P()}
     """
     devices = set(mesh.devices.flat)
 
@@ -222,6 +253,11 @@ def gather_to_host(tree: Any) -> Any:
 
     Returns:
         The same tree with NumPy arrays.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> gather_to_host({"x": jnp.arange(3)})
+        {'x': array([0, 1, 2], dtype=int32)}
     """
 
     def host(leaf):
