@@ -119,7 +119,7 @@ TRAINER_RUN = dict(num_epochs=2, steps_per_epoch=20, num_data=4096, validation_f
 
 def trainer_steps_per_second(dataset: str, num_devices: int, **settings) -> float:
     """Steps per second of the second epoch (the first one compiles)."""
-    config = TrainConfig.for_dimension(16).with_settings(**TRAINER_RUN, **settings)
+    config = TrainConfig.for_dimension(16).with_settings(**(TRAINER_RUN | settings))
     trainer = Trainer(dataset, config.replace(devices=num_devices))
     result = trainer.fit(progress_bar=False)
     return config.steps_per_epoch / result.history[-1]["time_s"]
@@ -134,6 +134,18 @@ def trainer_sweep(max_devices: int) -> None:
     for dataset, walkers in (("gmm-16", 128), ("gmm-16", 1024)):
         cells = [f"{trainer_steps_per_second(dataset, n, num_walkers=walkers):.1f}" for n in counts]
         print(f"| {dataset} | {walkers} | " + " | ".join(cells) + " |", flush=True)
+
+
+def goal_run(max_devices: int) -> None:
+    """The issue's GPU goal's configuration: the trainer at d = 64 with 4096 walkers, 1 device.
+
+    Run it on the CPU and on a GPU; the goal is a GPU at least 20 times the 2-core CPU.
+    """
+    del max_devices  # one device: the goal compares one GPU with the CPU
+    steps = trainer_steps_per_second(
+        "gmm-64", 1, num_walkers=4096, steps_per_epoch=5, fit_batch_size=256
+    )
+    print(f"\ntrainer at d = 64, 4096 walkers ({jax.devices()[0].platform}): {steps:.2f} steps/s")
 
 
 def factors_sweep() -> None:
@@ -164,7 +176,9 @@ def factors_sweep() -> None:
 def main() -> None:
     """Run the sweeps named on the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweeps", nargs="*", default=["factors"], help="factors devices trainer")
+    parser.add_argument(
+        "sweeps", nargs="*", default=["factors"], help="factors devices trainer goal"
+    )
     parser.add_argument("--devices", type=int, default=1, help="fake CPU devices, if on CPU")
     args = parser.parse_args()
     if args.devices > 1:  # only CPU reads it, before its first use
@@ -174,7 +188,8 @@ def main() -> None:
         if name == "factors":
             factors_sweep()
         else:
-            {"devices": devices_sweep, "trainer": trainer_sweep}[name](args.devices)
+            sweeps = {"devices": devices_sweep, "trainer": trainer_sweep, "goal": goal_run}
+            sweeps[name](args.devices)
 
 
 if __name__ == "__main__":
