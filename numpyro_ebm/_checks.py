@@ -64,6 +64,17 @@ def positive_float(name: str, value: Any) -> float:
     return float(value)
 
 
+def is_key_array(leaf: Any) -> bool:
+    """Whether ``leaf`` is an array of typed PRNG keys (``jax.random.key``).
+
+    Example:
+        >>> import jax
+        >>> is_key_array(jax.random.key(0)), is_key_array(jax.random.PRNGKey(0))
+        (True, False)
+    """
+    return isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
 def typed_key(key: Any) -> jax.Array:
     """Return ``key`` as a new-style typed PRNG key, accepting a raw ``uint32`` key as well.
 

@@ -14,7 +14,13 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from numpyro.infer.util import initialize_model
 from numpyro.util import is_prng_key
 
-__all__ = ["check_init_params", "initialize_walkers", "num_walkers_of", "with_auto_axes"]
+__all__ = [
+    "auto_axes",
+    "check_init_params",
+    "initialize_walkers",
+    "num_walkers_of",
+    "with_auto_axes",
+]
 
 
 def check_init_params(init_params: Any, num_walkers: int, *, from_model: bool) -> None:
@@ -56,6 +62,20 @@ def check_init_params(init_params: Any, num_walkers: int, *, from_model: bool) -
         )
 
 
+def auto_axes(mesh: Mesh) -> Mesh:
+    """The same devices and axis names with every axis of ``AxisType.Auto``.
+
+    Example:
+        >>> import jax
+        >>> mesh = jax.make_mesh((1,), ("data",), axis_types=(AxisType.Explicit,))
+        >>> auto_axes(mesh).axis_types == (AxisType.Auto,)
+        True
+    """
+    if all(axis_type == AxisType.Auto for axis_type in mesh.axis_types):
+        return mesh
+    return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+
+
 def with_auto_axes(init_params: Any) -> Any:
     """Move leaves sharded over a mesh with explicit axes to the same mesh with automatic axes.
 
@@ -77,13 +97,10 @@ def with_auto_axes(init_params: Any) -> Any:
         sharding = leaf.sharding
         if not isinstance(sharding, NamedSharding):
             return leaf
-        mesh = sharding.mesh
-        if all(axis_type == AxisType.Auto for axis_type in mesh.axis_types):
+        mesh = auto_axes(sharding.mesh)
+        if mesh is sharding.mesh:
             return leaf
-        auto_mesh = Mesh(
-            mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names)
-        )
-        return jax.device_put(leaf, NamedSharding(auto_mesh, sharding.spec))
+        return jax.device_put(leaf, NamedSharding(mesh, sharding.spec))
 
     return jax.tree.map(auto, init_params)
 

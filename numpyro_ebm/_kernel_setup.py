@@ -126,7 +126,12 @@ def num_particle_chunks(config: FlowMCConfig) -> int:
     return -(-(config.num_particles - 1) // config.chunk_size)
 
 
-def round_config(flat_position: jax.Array, options: dict, chunk_options: dict) -> FlowMCConfig:
+def round_config(
+    flat_position: jax.Array,
+    options: dict,
+    chunk_options: dict,
+    batch_sharding: NamedSharding | None = None,
+) -> FlowMCConfig:
     """The round's configuration for these walkers: ``options`` and a chunk size that fits.
 
     Args:
@@ -134,6 +139,7 @@ def round_config(flat_position: jax.Array, options: dict, chunk_options: dict) -
         options: From :func:`round_options`.
         chunk_options: ``num_particles``, ``chunk_size`` and ``memory_budget_bytes`` of
             :func:`chunk_size_for_budget`.
+        batch_sharding: How each flow-fitting batch is split over devices (the walkers').
     """
     num_walkers, dim = flat_position.shape
     chunk_size = chunk_size_for_budget(
@@ -143,7 +149,7 @@ def round_config(flat_position: jax.Array, options: dict, chunk_options: dict) -
         **chunk_options,
         adaptive=options["adapt_num_particles"],
     )
-    return FlowMCConfig(chunk_size=chunk_size, **options)
+    return FlowMCConfig(chunk_size=chunk_size, batch_sharding=batch_sharding, **options)
 
 
 def walker_sharding(flat_position: jax.Array) -> NamedSharding | None:

@@ -256,8 +256,8 @@ def kernel_getstate(attributes: dict) -> dict:
     state["_round_options"] = {
         key: value for key, value in state["_round_options"].items() if key != "optimizer"
     }
-    if state["_config"] is not None:
-        state["_config"] = state["_config"]._replace(optimizer=None)
+    if state["_config"] is not None:  # its batch sharding is the walkers' (rebuilt on loading)
+        state["_config"] = state["_config"]._replace(optimizer=None, batch_sharding=None)
     # The potential and postprocessing of a model are closures over the model's arguments:
     # `MCMC` calls `init` again, which rebuilds them, when `_sample_fn` is None.
     state["_potential_fn_gen"] = None
@@ -286,11 +286,13 @@ def kernel_setstate(state: dict, make_optimizer: Callable[[float], Any]) -> dict
     optimizer = make_optimizer(state["_learning_rate"])
     state["_optimizer"] = optimizer
     state["_round_options"] = dict(state["_round_options"], optimizer=optimizer)
+    state["_walker_sharding"] = _rebuild_sharding(state["_walker_sharding"])
     if state["_config"] is not None:
-        state["_config"] = state["_config"]._replace(optimizer=optimizer)
+        state["_config"] = state["_config"]._replace(
+            optimizer=optimizer, batch_sharding=state["_walker_sharding"]
+        )
     if state.get("_latent_template") is not None:
         state["_unravel"] = ravel_pytree(state["_latent_template"])[1]
-    state["_walker_sharding"] = _rebuild_sharding(state["_walker_sharding"])
     for name in ("_flow", "_flow_static"):
         if isinstance(state[name], _PickledFlow):
             state[name] = loads_flow(state[name].data)

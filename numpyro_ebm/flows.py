@@ -267,6 +267,7 @@ def fit_flow(
     optimizer: optax.GradientTransformation,
     num_steps: int,
     batch_size: int,
+    batch_sharding: jax.sharding.Sharding | None = None,
 ) -> tuple[Any, Any, jax.Array]:
     """Take ``num_steps`` maximum-likelihood steps on mini-batches drawn from ``positions``.
 
@@ -282,6 +283,8 @@ def fit_flow(
         optimizer: The optax optimizer that made ``opt_state``.
         num_steps: Number of gradient steps.
         batch_size: Points per step (drawn with replacement).
+        batch_sharding: Split each mini-batch over devices this way (data parallelism: every
+            device takes the loss gradient of its share, XLA sums them); ``None``: as XLA likes.
 
     Returns:
         ``(params, opt_state, loss)`` with the loss of the last step.
@@ -308,7 +311,10 @@ def fit_flow(
         rows = jax.random.choice(
             key, positions.shape[0], (batch_size,), p=probabilities / probabilities.sum()
         )
-        loss, grads = loss_and_grad(params, static, positions[rows])
+        batch = positions[rows]
+        if batch_sharding is not None:
+            batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+        loss, grads = loss_and_grad(params, static, batch)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), loss
 

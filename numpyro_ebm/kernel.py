@@ -111,9 +111,8 @@ class FlowMCKernel(MCMCKernel):
         fit_patience: Warm-up rounds without a 0.01 gain in smoothed global acceptance, once
             it is 0.1 or more, after which fitting stops until a new window (in d = 64 it can
             stay near 0 for 50 rounds while the flow learns); ``None``: never stop.
-        adapt_num_particles: Once fitting stops, and after warm-up, draw only as many i-SIR
-            particles (of ``num_particles``, in eighths) as move most walkers per potential
-            evaluation: few for a flow that matches the target, all for a poor one.
+        adapt_num_particles: Once fitting stops, draw only the i-SIR particles (eighths of
+            ``num_particles``) that move most walkers per potential evaluation.
 
     Example:
         >>> import jax, numpyro, numpyro.distributions as dist
@@ -278,17 +277,18 @@ class FlowMCKernel(MCMCKernel):
         flat_position, _ = batch_ravel_pytree(init_params)
         self._unravel = ravel_pytree(jax.tree.map(lambda leaf: leaf[0], init_params))[1]
         self._walker_sharding = walker_sharding(flat_position)
-        num_walkers, dim = flat_position.shape
+        dim = flat_position.shape[1]
         self._num_warmup = int(num_warmup)
 
         flow = self._flow if self._flow is not None else self._default_flow(dim)
         flow_params, self._flow_static = split_flow(flow)
-        self._config = round_config(flat_position, self._round_options, self._chunk_options)
+        self._config = round_config(  # flow-fitting batches split as the walkers are
+            flat_position, self._round_options, self._chunk_options, self._walker_sharding
+        )
         self._sample_fn = flowmc_round
 
-        # One compiled function: run eagerly, the few dozen small ops of the initial state
-        # each compile on their own, which took seconds on 2 CPU cores. The model's arguments
-        # stay constants, as in NumPyro's own loop: models may apply NumPy to their data.
+        # One compiled function: run eagerly, the initial state's small ops each compile (seconds
+        # on 2 cores). Model arguments stay constants, as in NumPyro: models may use NumPy.
         return jax.jit(lambda *arrays: self._initial_state(*arrays, model_args, model_kwargs))(
             flat_position, init_params, flow_params, key_state
         )

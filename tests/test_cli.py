@@ -47,6 +47,14 @@ def test_train_fast_writes_report_and_figures(fast_run):
         assert (fast_run / name).exists()
 
 
+def test_mesh_report_and_settings_record_num_devices(fast_run):
+    """conftest's 2 fake CPU devices: by default the run splits its walkers over both."""
+    report = json.loads((fast_run / "report.json").read_text())
+    assert report["settings"]["num_devices"] == 2
+    assert report["settings"]["config"]["devices"] is None
+    assert json.loads((fast_run / "settings.json").read_text())["num_devices"] == 2
+
+
 def test_sample_writes_draws_and_summary(fast_run, tmp_path):
     status = main(
         [

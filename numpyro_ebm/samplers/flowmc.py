@@ -70,6 +70,8 @@ class FlowMCConfig(NamedTuple):
         adapt_num_particles: Once fitting has stopped, and after warm-up, draw only the i-SIR
             particle chunks that move most walkers per potential evaluation (measured while
             every chunk is drawn); otherwise always draw ``num_particles``.
+        batch_sharding: Split each flow-fitting batch over devices this way (the walkers'
+            sharding when they are split over a mesh); ``None`` leaves the layout to XLA.
     """
 
     num_local_steps: int
@@ -86,6 +88,7 @@ class FlowMCConfig(NamedTuple):
     standardise_flow: bool = True
     fit_patience: int | None = None
     adapt_num_particles: bool = False
+    batch_sharding: jax.sharding.NamedSharding | None = None
 
 
 class FlowMCRoundInfo(NamedTuple):

@@ -136,6 +136,7 @@ def fit_on_buffer(rng_key, state: FlowMCAdaptation, flow_static, config: FlowMCC
         optimizer=config.optimizer,
         num_steps=config.num_fit_steps,
         batch_size=config.fit_batch_size,
+        batch_sharding=config.batch_sharding,
     )
     return params, opt_state, loss.astype(state.buffer.dtype)
 

@@ -24,6 +24,7 @@ References:
 
 from numpyro_ebm.training.checkpoint import load_checkpoint, save_checkpoint
 from numpyro_ebm.training.config import TrainConfig
+from numpyro_ebm.training.entry import train
 from numpyro_ebm.training.evaluation import evaluate
 from numpyro_ebm.training.model_io import TrainedModel, load_energy, load_model, save_model
 from numpyro_ebm.training.negatives import (
@@ -52,7 +53,7 @@ from numpyro_ebm.training.objectives import (
 )
 from numpyro_ebm.training.sampling import sample_energy, sample_run
 from numpyro_ebm.training.step import TrainState, train_step
-from numpyro_ebm.training.trainer import Trainer, TrainResult, train
+from numpyro_ebm.training.trainer import Trainer, TrainResult
 
 __all__ = [
     "CD",

@@ -19,6 +19,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from numpyro_ebm._checks import is_key_array
+from numpyro_ebm.training.mesh import gather_to_host, is_main_process
+
 __all__ = [
     "checkpoint_paths",
     "latest_checkpoint",
@@ -32,17 +35,13 @@ __all__ = [
 _CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)\.eqx$")
 
 
-def _is_key(leaf: Any) -> bool:
-    return isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
-
-
 def _keys_to_data(tree: Any) -> Any:
-    return jax.tree.map(lambda leaf: jax.random.key_data(leaf) if _is_key(leaf) else leaf, tree)
+    return jax.tree.map(lambda x: jax.random.key_data(x) if is_key_array(x) else x, tree)
 
 
 def _data_to_keys(tree: Any, like: Any) -> Any:
     def wrap(leaf, template):
-        if _is_key(template):
+        if is_key_array(template):
             return jax.random.wrap_key_data(leaf, impl=jax.random.key_impl(template))
         return leaf
 
@@ -70,7 +69,13 @@ def strongly_typed(tree: Any) -> Any:
 
 
 def _write_atomically(path: Path, write) -> None:
-    """Write through a temporary file and rename, so a killed run never leaves half a file."""
+    """Write through a temporary file and rename, so a killed run never leaves half a file.
+
+    Only the main process writes: under ``jax.distributed`` every process runs the same code,
+    and the run directory is written once.
+    """
+    if not is_main_process():
+        return
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
@@ -78,6 +83,9 @@ def _write_atomically(path: Path, write) -> None:
 
 def save_checkpoint(path: str | os.PathLike, tree: Any) -> Path:
     """Write the arrays of ``tree`` (PRNG keys included) to ``path`` without pickle.
+
+    Arrays split over devices, or over several processes, are gathered and stored whole, so
+    the file is the same whatever the device count and loads on any other.
 
     Args:
         path: File to write.
@@ -97,7 +105,7 @@ def save_checkpoint(path: str | os.PathLike, tree: Any) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = _keys_to_data(tree)
+    data = gather_to_host(_keys_to_data(tree))  # split arrays, other processes' shards too
     _write_atomically(path, lambda tmp: eqx.tree_serialise_leaves(tmp, data))
     return path
 

@@ -70,6 +70,11 @@ class TrainConfig:
             checkpoints at the end of every epoch.
         grid_points: Points per axis of the 2-D grid that integrates mode weights.
         seed: Seed of everything random in the run.
+        devices: Devices the walkers and batches are split over (data parallelism,
+            :mod:`~numpyro_ebm.training.mesh`); ``None`` takes as many of ``jax.devices()``
+            (every process's, under ``jax.distributed``) as split ``num_walkers``,
+            ``batch_size`` and ``fit_batch_size`` evenly. ``Trainer(mesh=...)`` takes a mesh
+            of your own instead.
 
     Example:
         >>> from numpyro_ebm.training.objectives import PCD
@@ -97,6 +102,7 @@ class TrainConfig:
     checkpoint_every: int | None = None
     grid_points: int = 100
     seed: int = 0
+    devices: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "objective", objective_settings(self.objective))
@@ -113,6 +119,8 @@ class TrainConfig:
             positive_int(name, getattr(self, name), 1)
         positive_int("grid_points", self.grid_points, 2)
         positive_int("seed", self.seed, 0)
+        if self.devices is not None:
+            positive_int("devices", self.devices, 1)
         if self.preprocess not in PREPROCESS_CHOICES:
             raise ValueError(
                 f"expected `preprocess` in {PREPROCESS_CHOICES}, got {self.preprocess!r}"

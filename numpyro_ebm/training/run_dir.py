@@ -18,6 +18,7 @@ from numpyro_ebm.training.checkpoint import (
     save_checkpoint,
     write_json,
 )
+from numpyro_ebm.training.mesh import is_main_process
 from numpyro_ebm.training.run_files import read_checkpoint_meta, read_run_settings
 
 __all__ = [
@@ -37,7 +38,8 @@ CHECKPOINT_DIR = "checkpoints"
 #: Where the state of the best validation so far is kept.
 BEST_CHECKPOINT_DIR = "best_checkpoint"
 #: Settings that may differ between a run and its resumption (they do not change any step).
-RESUMABLE_CHANGES = ("num_epochs", "patience")
+#: ``devices`` among them: a checkpoint holds whole arrays, re-split on the resuming mesh.
+RESUMABLE_CHANGES = ("num_epochs", "patience", "devices")
 
 
 def check_saved_settings(out_dir: Path, current: dict[str, Any]) -> None:
@@ -77,7 +79,9 @@ def check_saved_settings(out_dir: Path, current: dict[str, Any]) -> None:
 
 
 def clear_checkpoints(out_dir: Path) -> None:
-    """Remove the checkpoints of an earlier run in ``out_dir``, with a warning."""
+    """Remove the checkpoints of an earlier run in ``out_dir``, with a warning (main process)."""
+    if not is_main_process():
+        return
     old = checkpoint_paths(out_dir / CHECKPOINT_DIR)
     best = checkpoint_paths(out_dir / BEST_CHECKPOINT_DIR)
     if old:
@@ -118,7 +122,8 @@ def save_training_checkpoint(
     write_json(
         path.with_suffix(".json"), {"step": step, "history": history, "partial_epoch": partial}
     )
-    for _, old in checkpoint_paths(checkpoint_dir)[:-keep_checkpoints]:
+    stale = checkpoint_paths(checkpoint_dir)[:-keep_checkpoints] if is_main_process() else []
+    for _, old in stale:
         old.with_suffix(".json").unlink(missing_ok=True)
         old.unlink(missing_ok=True)
     return path

@@ -82,6 +82,7 @@ def train_step(
     optimizer: optax.GradientTransformation,
     batch_size: int,
     ema_decay: float = 0.0,
+    batch_sharding: jax.sharding.Sharding | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One step: data batch, the objective's batch and loss gradient, optimizer step.
 
@@ -94,6 +95,8 @@ def train_step(
         optimizer: The energy's optax optimizer.
         batch_size: Data points per step.
         ema_decay: Decay of the moving average of the energy's parameters.
+        batch_sharding: Split the data batch over devices this way (data parallelism: each
+            device takes its share of the loss; XLA sums the gradient); ``None``: as XLA likes.
 
     Returns:
         The next state and the step's metrics: ``loss`` and the objective's own.
@@ -101,6 +104,8 @@ def train_step(
     rng_key, key_batch = jax.random.split(state.rng_key)
     rows = jax.random.randint(key_batch, (batch_size,), 0, data.shape[0])
     positives = data[rows]
+    if batch_sharding is not None:
+        positives = jax.lax.with_sharding_constraint(positives, batch_sharding)
     objective_state, batch, prepare_metrics = objective.prepare(
         state.objective_state, state.energy_params, positives
     )
@@ -131,6 +136,7 @@ def train_chunk(
     ema_decay: float,
     num_steps: int,
     num_traced: int,
+    batch_sharding: jax.sharding.Sharding | None = None,
 ) -> tuple[TrainState, tuple[Metrics, jax.Array | None]]:
     """``num_steps`` steps of :func:`train_step` in one ``lax.scan``, the trainer's program.
 
@@ -146,6 +152,7 @@ def train_chunk(
         ema_decay: Decay of the moving average of the energy's parameters.
         num_steps: Steps to run.
         num_traced: Samples whose paths are returned (the first ones).
+        batch_sharding: Layout of each data batch over devices (see :func:`train_step`).
 
     Returns:
         The state after the steps, and per step its metrics and the first ``num_traced`` of
@@ -160,6 +167,7 @@ def train_chunk(
             optimizer=optimizer,
             batch_size=batch_size,
             ema_decay=ema_decay,
+            batch_sharding=batch_sharding,
         )
         new_state = new_state._replace(
             **{

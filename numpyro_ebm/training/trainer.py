@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flowjax.distributions import AbstractDistribution
+from jax.sharding import Mesh
 
 from numpyro_ebm._checks import positive_int
 from numpyro_ebm.datasets import Dataset, get_dataset
@@ -37,6 +38,15 @@ from numpyro_ebm.training.checkpoint import strongly_typed
 from numpyro_ebm.training.config import TrainConfig
 from numpyro_ebm.training.data import training_data
 from numpyro_ebm.training.energy_specs import energy_spec, training_energy
+from numpyro_ebm.training.mesh import (
+    MeshProgram,
+    gather_to_host,
+    put_on_mesh,
+    replicated,
+    split_leading_axis,
+    split_sizes,
+    training_mesh,
+)
 from numpyro_ebm.training.objectives import Objective, ObjectiveContext
 from numpyro_ebm.training.progress import EpochProgress, chunk_size
 from numpyro_ebm.training.run_dir import (
@@ -55,7 +65,7 @@ from numpyro_ebm.training.validation import (
     should_stop,
 )
 
-__all__ = ["TrainResult", "Trainer", "train"]
+__all__ = ["TrainResult", "Trainer"]
 
 #: Walkers whose paths :meth:`Trainer.negative_chains` records (the first ones).
 MAX_TRACED_CHAINS = 64
@@ -69,6 +79,8 @@ class Trainer:
         config: The run's settings; ``TrainConfig.for_dimension(d)`` for the data's d by default.
         energy: Your own energy module instead of ``config.energy``'s (recorded as "custom").
         energy_optimizer: The energy's optimizer; ``optax.adam(config.learning_rate)`` by default.
+        mesh: Split walkers and batches over this mesh's devices instead of ``config.devices``
+            of ``jax.devices()`` (any axis types; all its axes split the walkers).
 
     Example:
         >>> from numpyro_ebm.training.objectives import PCD
@@ -87,6 +99,7 @@ class Trainer:
         *,
         energy: eqx.Module | None = None,
         energy_optimizer: optax.GradientTransformation | None = None,
+        mesh: Mesh | None = None,
     ):
         if config is None:
             dim = (dataset if isinstance(dataset, Dataset) else get_dataset(dataset)).dim
@@ -127,18 +140,24 @@ class Trainer:
         self.chunk_size = chunk_size(cfg.steps_per_epoch, checkpoint_every)
         self.checkpoint_every = checkpoint_every
         self._global_moves = getattr(cfg.objective, "sampler", None) == "flowmc"
-        self._run_chunk = jax.jit(
-            functools.partial(
-                train_chunk,
-                objective=self.objective,
-                optimizer=self.optimizer,
-                batch_size=cfg.batch_size,
-                ema_decay=cfg.ema_decay,
-                num_steps=self.chunk_size,
-                num_traced=MAX_TRACED_CHAINS,
-            )
+        self.mesh = training_mesh(mesh, cfg.devices, split_sizes(cfg, self.objective.num_walkers))
+        chunk = functools.partial(
+            train_chunk,
+            objective=self.objective,
+            optimizer=self.optimizer,
+            batch_size=cfg.batch_size,
+            ema_decay=cfg.ema_decay,
+            num_steps=self.chunk_size,
+            num_traced=MAX_TRACED_CHAINS,
+            batch_sharding=split_leading_axis(self.mesh) if self.mesh.size > 1 else None,
         )
+        self._program = MeshProgram(chunk, self.mesh, self.data)
         self._total_energy = jax.jit(lambda params, x: jax.vmap(self._tilted(params))(x))
+
+    def _run_chunk(self, state: TrainState, frozen: bool) -> tuple[TrainState, Any]:
+        if self._program.layout is None:  # a state given by the caller: layout of a new one
+            self.init_state()
+        return self._program(state, frozen)
 
     def _tilted(self, energy_params: Any) -> TiltedEnergy:
         return TiltedEnergy.from_parts(energy_params, self.energy_static, self.base_scale)
@@ -147,7 +166,8 @@ class Trainer:
         """The state before the first step: the initial energy, walkers drawn from ρ.
 
         Returns:
-            The initial state (the same for the same settings).
+            The initial state (the same for the same settings), on :attr:`mesh`: walkers
+            split over its devices, the energy's parameters copied on each.
         """
         initial_flow = getattr(self.initial_energy, "initial_flow", None)
         shape = (self.objective.num_walkers, self.dim)
@@ -155,7 +175,9 @@ class Trainer:
             walkers = self.base_scale * jax.random.normal(self._key_walkers, shape)
         else:  # an energy on a fitted flow starts as that flow: draw the walkers from it
             walkers = initial_flow().sample(self._key_walkers, shape[:1])
-        params = self._initial_energy_params
+        # Split before the objective is built on them: what derives from them stays split.
+        walkers = put_on_mesh(walkers, split_leading_axis(self.mesh))
+        params = put_on_mesh(self._initial_energy_params, replicated(self.mesh))
         state = TrainState(
             energy_params=params,
             average_params=params,
@@ -164,7 +186,7 @@ class Trainer:
             step=jnp.zeros((), jnp.int32),
             rng_key=self._key_train,
         )
-        return strongly_typed(state)
+        return self._program.fix_layout(strongly_typed(state))
 
     def model_params(self, state: TrainState) -> Any:
         """The trained model's energy parameters: the moving average, or the last iterate."""
@@ -184,8 +206,14 @@ class Trainer:
         return lambda x: self._total_energy(params, jnp.asarray(x))
 
     def negatives(self, state: TrainState) -> jax.Array:
-        """The objective's samples (the negatives) of a state, ``(n, dim)``, or ``None``."""
-        return self.objective.positions(state.objective_state)
+        """The objective's samples (the negatives) of a state, ``(n, dim)``, or ``None``.
+
+        Split over several processes' devices, they are gathered into one NumPy array.
+        """
+        positions = self.objective.positions(state.objective_state)
+        if positions is None or positions.is_fully_addressable:
+            return positions
+        return gather_to_host(positions)
 
     def negative_chains(self, state: TrainState, num_steps: int) -> np.ndarray:
         """Continue the persistent negatives with the energy frozen and record their paths.
@@ -209,7 +237,7 @@ class Trainer:
             )
         paths = []
         for _ in range(-(-num_steps // self.chunk_size)):
-            state, (_, traced) = self._run_chunk(state, self.data, True)
+            state, (_, traced) = self._run_chunk(state, True)
             paths.append(np.asarray(traced))
         return np.swapaxes(np.concatenate(paths), 0, 1)
 
@@ -301,7 +329,7 @@ class Trainer:
         time_train, paths, warned = time.perf_counter(), [], False
         while step < total_steps and not should_stop(history, cfg.patience):
             chunk_start = time.perf_counter()
-            state, (metrics, traced) = self._run_chunk(state, self.data, False)
+            state, (metrics, traced) = self._run_chunk(state, False)
             metrics = jax.device_get(metrics)
             if self.objective.persistent and traced is not None:
                 paths.append(np.asarray(traced))
@@ -342,7 +370,7 @@ class Trainer:
         )
 
     def settings(self, num_epochs: int | None = None) -> dict[str, Any]:
-        """The JSON settings of the run: config, dataset, dimension, σ and the energy's spec.
+        """The JSON settings: config, dataset, dimension, devices, σ and the energy's spec.
 
         Args:
             num_epochs: Epochs of the run, if not ``config.num_epochs``.
@@ -356,44 +384,9 @@ class Trainer:
         return {
             "dataset": self.dataset_spec,
             "dim": self.dim,
+            "num_devices": self.mesh.size,
             "base_scale": self.base_scale,
             "preprocessing": self.preprocessing.to_dict(),
             "energy": energy_spec(eqx.combine(self._initial_energy_params, self.energy_static)),
             "config": config,
         }
-
-
-def train(
-    dataset: Dataset | str | os.PathLike,
-    config: TrainConfig | None = None,
-    *,
-    out_dir: str | os.PathLike | None = None,
-    resume: bool = False,
-    progress_bar: bool = True,
-    energy: eqx.Module | None = None,
-    energy_optimizer: optax.GradientTransformation | None = None,
-) -> TrainResult:
-    """Train a tilted EBM on ``dataset`` (see :class:`Trainer` and :meth:`Trainer.fit`).
-
-    Args:
-        dataset: A dataset, a built-in name or a data file path.
-        config: Settings; ``TrainConfig.for_dimension(d)`` for the data's d by default.
-        out_dir: Directory for settings and checkpoints, or ``None``.
-        resume: Continue from the last checkpoint in ``out_dir``.
-        progress_bar: Show a progress bar per epoch.
-        energy: An energy network of your own instead of ``config.energy``'s.
-        energy_optimizer: Optax optimizer of the energy (Adam with the config's rate by default).
-
-    Returns:
-        The :class:`TrainResult`.
-
-    Example:
-        >>> config = TrainConfig("pcd", num_epochs=1, steps_per_epoch=2, batch_size=8,
-        ...                      energy_width=4, energy_depth=1, num_data=64, grid_points=10)
-        >>> config = config.with_settings(sampler="ula", num_walkers=8)
-        >>> result = train("two-modes-2to1", config, progress_bar=False)
-        >>> sorted(result.history[0])[:3]
-        ['accept_prob', 'energy_gap', 'epoch']
-    """
-    trainer = Trainer(dataset, config, energy=energy, energy_optimizer=energy_optimizer)
-    return trainer.fit(out_dir=out_dir, resume=resume, progress_bar=progress_bar)
