@@ -29,6 +29,7 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flowjax.bijections import RationalQuadraticSpline
@@ -40,7 +41,7 @@ from jax.typing import ArrayLike
 from numpyro_ebm._checks import positive_float, positive_int, typed_key
 from numpyro_ebm.energies import base_log_prob
 
-__all__ = ["FlowBaseEnergy", "fit_base_flow"]
+__all__ = ["FlowBaseEnergy", "fit_base_flow", "importance_proposal"]
 
 
 def _frozen(tree: Any) -> Any:
@@ -173,3 +174,39 @@ def fit_base_flow(
         show_progress=show_progress,
     )
     return flow, [float(v) for v in losses["val"]]
+
+
+def importance_proposal(
+    energy: Any, flow: AbstractDistribution | None, base_scale: float, dim: int
+) -> AbstractDistribution:
+    """The proposal that importance-samples log Z of ``energy``'s tilted model best.
+
+    An energy with its own base flow (a :class:`FlowBaseEnergy`: the model is
+    ``exp(-c_θ) q₀``) is proposed from ``q₀``, whose importance weights ``exp(-c_θ)`` stay
+    near even while the correction is flat; otherwise from ``flow`` (the run's flow), else ρ.
+    On digits the EBM on a coupling flow had an importance ESS of about 8000 of 16384 draws
+    from ``q₀`` against 6 from the trainer's flow (notebook 06, ``docs/performance.md``).
+
+    Args:
+        energy: The energy ``E_θ`` (before the tilt).
+        flow: The run's flow, or ``None``.
+        base_scale: σ of ρ = N(0, σ² I).
+        dim: Dimension of the model's coordinates.
+
+    Returns:
+        A flowjax distribution over ``(dim,)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from flowjax.distributions import Normal
+        >>> q0 = Normal(jnp.ones(2))
+        >>> energy = FlowBaseEnergy(lambda x: 0.0 * x.sum(), q0, 1.0)
+        >>> importance_proposal(energy, None, 1.0, 2) is q0
+        True
+    """
+    initial_flow = getattr(energy, "initial_flow", None)
+    if initial_flow is not None:
+        return initial_flow()
+    if flow is not None:
+        return flow
+    return Normal(jnp.zeros(dim), base_scale)

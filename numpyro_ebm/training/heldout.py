@@ -16,12 +16,12 @@ import math
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flowjax.distributions import AbstractDistribution, Normal
+from flowjax.distributions import AbstractDistribution
 
 from numpyro_ebm._checks import positive_int, typed_key
 from numpyro_ebm.energies import TiltedEnergy
+from numpyro_ebm.flow_base import importance_proposal
 from numpyro_ebm.likelihood import heldout_log_likelihood, log_normalizer
 from numpyro_ebm.preprocessing import Preprocessing
 
@@ -44,7 +44,8 @@ def heldout_metrics(
         rng_key: Key of the importance draws and the dequantisation noise (typed or raw).
         energy: The energy module ``E_θ`` (one point ``(d,)`` to a scalar).
         base_scale: σ of the tilt ρ.
-        flow: The run's flow (the proposal), or ``None`` to propose from ρ.
+        flow: The run's flow, the proposal unless the energy has its own base flow
+            (:func:`~numpyro_ebm.flow_base.importance_proposal`); ``None``: ρ.
         preprocessing: The run's map from raw data to the model's coordinates.
         raw_points: Held-out points ``(n, d)`` in raw units.
         num_samples: Importance draws (and AIS walkers when it falls back).
@@ -74,7 +75,7 @@ def heldout_metrics(
         )
     key_normalizer, key_noise = jax.random.split(typed_key(rng_key))
     tilted = TiltedEnergy(energy, base_scale)
-    proposal = flow if flow is not None else Normal(jnp.zeros(preprocessing.dim), base_scale)
+    proposal = importance_proposal(energy, flow, base_scale, preprocessing.dim)
     estimate = log_normalizer(key_normalizer, tilted, proposal, num_samples)
     z = preprocessing.transform(points, key_noise)
     mean, stderr = heldout_log_likelihood(tilted, z, estimate)

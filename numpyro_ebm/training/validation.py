@@ -23,6 +23,7 @@ import numpy as np
 from flowjax.distributions import AbstractDistribution, Normal
 
 from numpyro_ebm.datasets import Dataset
+from numpyro_ebm.flow_base import importance_proposal
 from numpyro_ebm.health import MIN_GLOBAL_ACCEPT_PROB, ensemble_rhat
 from numpyro_ebm.likelihood import heldout_log_likelihood, importance_log_normalizer
 from numpyro_ebm.metrics import zone_weights_from_energy, zone_weights_from_samples
@@ -245,7 +246,9 @@ def epoch_extra(trainer: Any, state: Any, step: int, paths: list[np.ndarray]) ->
         extra |= validate(
             jax.random.fold_in(trainer.validation_key, step),
             trainer.tilted_energy(state),
-            trainer.flow(state),
+            importance_proposal(
+                trainer.energy(state), trainer.flow(state), trainer.base_scale, trainer.dim
+            ),
             trainer.validation_data,
             base_scale=trainer.base_scale,
             num_samples=config.validation_samples,
