@@ -160,32 +160,10 @@ def _jit_global(move, flow, **options):
     return lambda key, position, energy: run(key, position, energy, params)
 
 
-def test_isir_with_perfect_proposal_picks_uniformly():
-    # Chunks of 3 for N − 1 = 7 fresh particles: the last chunk is ragged.
-    num_walkers, num_particles, chunk_size = 4000, 8, 3
-    flow = Normal(_PERFECT_LOC, _PERFECT_SCALE)
-    x = flow.sample(jax.random.key(7), (num_walkers,))
-    step = _jit_global(
-        isir_step,
-        flow,
-        potential_fn=_perfect_potential,
-        num_particles=num_particles,
-        chunk_size=chunk_size,
-    )
-    new_x, new_energy, info = step(jax.random.key(8), x, jax.vmap(_perfect_potential)(x))
-    # Equal weights: P(stay) = 1/N exactly.
-    np.testing.assert_allclose(info.accept_prob, 1 - 1 / num_particles, atol=1e-5)
-    moved = np.any(np.asarray(new_x != x), axis=1)
-    np.testing.assert_array_equal(moved, info.accepted)
-    np.testing.assert_allclose(new_energy, jax.vmap(_perfect_potential)(new_x), rtol=1e-6)
-    # Moves happen at rate 1 − 1/N (binomial z-test, false alarm ALPHA).
-    assert abs(_bernoulli_sum_z(moved, info.accept_prob)) < two_sided_z(ALPHA)
-    assert int(info.num_nonfinite.sum()) == 0
-
-
-@pytest.mark.parametrize("active_chunks", [1, 2])
-def test_isir_with_fewer_active_chunks_uses_fewer_particles(active_chunks):
-    # 7 fresh particles in chunks of 3: with k chunks active, N = 1 + min(3k, 7) particles.
+@pytest.mark.parametrize("active_chunks", [None, 1, 2])
+def test_isir_with_perfect_proposal_picks_uniformly(active_chunks):
+    # Chunks of 3 for N − 1 = 7 fresh particles (the last chunk is ragged); with k chunks
+    # active, N = 1 + min(3k, 7) particles.
     num_walkers, num_particles, chunk_size = 4000, 8, 3
     flow = Normal(_PERFECT_LOC, _PERFECT_SCALE)
     x = flow.sample(jax.random.key(7), (num_walkers,))
@@ -197,16 +175,22 @@ def test_isir_with_fewer_active_chunks_uses_fewer_particles(active_chunks):
         chunk_size=chunk_size,
         num_active_chunks=active_chunks,
     )
-    new_x, _, info = step(jax.random.key(8), x, jax.vmap(_perfect_potential)(x))
-    # Equal weights: P(move) = 1 − 1/N with the first k chunks; chunks past the active ones
-    # repeat the last active value.
+    new_x, new_energy, info = step(jax.random.key(8), x, jax.vmap(_perfect_potential)(x))
+    # Equal weights: P(move) = 1 − 1/N exactly with the first k chunks; chunks past the active
+    # ones repeat the last active value.
     fresh = np.minimum(chunk_size * np.arange(1, 4), num_particles - 1)
-    expected = 1 - 1 / (1 + fresh[np.minimum(np.arange(3), active_chunks - 1)])
-    np.testing.assert_allclose(info.accept_prob_by_chunks, np.broadcast_to(expected, (4000, 3)),
-                               atol=1e-5)  # fmt: skip
+    last_active = 2 if active_chunks is None else active_chunks - 1
+    expected = 1 - 1 / (1 + fresh[np.minimum(np.arange(3), last_active)])
+    np.testing.assert_allclose(
+        info.accept_prob_by_chunks, np.broadcast_to(expected, (num_walkers, 3)), atol=1e-5
+    )
     np.testing.assert_allclose(info.accept_prob, expected[-1], atol=1e-5)
     moved = np.any(np.asarray(new_x != x), axis=1)
+    np.testing.assert_array_equal(moved, info.accepted)
+    np.testing.assert_allclose(new_energy, jax.vmap(_perfect_potential)(new_x), rtol=1e-6)
+    # Moves happen at rate 1 − 1/N (binomial z-test, false alarm ALPHA).
     assert abs(_bernoulli_sum_z(moved, info.accept_prob)) < two_sided_z(ALPHA)
+    assert int(info.num_nonfinite.sum()) == 0
 
 
 def test_imh_with_perfect_proposal_always_accepts():

@@ -328,12 +328,14 @@ _EVALUATIONS_PER_MALA_STEP = 3
 def particle_chunks_per_cost(
     accept_prob_by_chunks: jax.Array, chunk_size: int, num_fresh: int, num_local_steps: int
 ) -> jax.Array:
-    """The number of i-SIR particle chunks that moves most walkers per potential evaluation.
+    """The number of i-SIR particle chunks that gives the most effective draws per evaluation.
 
     A round costs one potential evaluation per fresh particle, ``_EVALUATIONS_PER_MALA_STEP``
     per MALA step and one at its start; with ``k`` chunks its global move succeeds with
-    probability ``a_k``. The chosen ``k`` maximises ``a_k`` per evaluation: a flow that already
-    matches the target needs few particles, a poor one all of them.
+    probability ``a_k``. A move that proposes from a fixed distribution leaves a lag-one
+    autocorrelation of about ``1 - a_k``, so an integrated autocorrelation time of about
+    ``(2 - a_k) / a_k`` rounds; the chosen ``k`` maximises ``a_k / (2 - a_k)`` per evaluation:
+    a flow that already matches the target needs few particles, a poor one all of them.
 
     Args:
         accept_prob_by_chunks: ``(num_chunks,)`` mean probability of a global move with the
@@ -347,15 +349,16 @@ def particle_chunks_per_cost(
 
     Example:
         >>> import jax.numpy as jnp
-        >>> int(particle_chunks_per_cost(jnp.array([0.8, 0.9, 0.93, 0.95]), 4, 15, 5))
-        1
+        >>> int(particle_chunks_per_cost(jnp.array([0.6, 0.9, 0.93, 0.95]), 4, 15, 5))
+        2
         >>> int(particle_chunks_per_cost(jnp.array([0.05, 0.1, 0.15, 0.2]), 4, 15, 5))
         4
     """
     num_chunks = accept_prob_by_chunks.shape[0]
     num_particles = jnp.minimum(chunk_size * jnp.arange(1, num_chunks + 1), num_fresh)
     cost = num_particles + 1 + _EVALUATIONS_PER_MALA_STEP * num_local_steps
-    return (jnp.argmax(accept_prob_by_chunks / cost) + 1).astype(jnp.int32)
+    effective_draws = accept_prob_by_chunks / (2.0 - accept_prob_by_chunks)
+    return (jnp.argmax(effective_draws / cost) + 1).astype(jnp.int32)
 
 
 #: Robbins–Monro gain exponent for the log step size: in (1/2, 1] for convergence of the
