@@ -97,7 +97,7 @@ def run_flowmc_kernel(key, dim: int, args) -> dict:
         num_particles=args.particles,
         num_local_steps=args.local_steps,
         fit_patience=None if args.fit_patience < 0 else args.fit_patience,
-        adapt_num_particles=not args.fixed_particles,
+        adapt_num_particles=args.adapt_particles,
         flow_options={} if args.transformer == "auto" else {"transformer": args.transformer},
     )
     mcmc = MCMC(
@@ -260,12 +260,12 @@ def main() -> None:
     parser.add_argument("--local-steps", type=int, default=5)
     parser.add_argument("--transformer", default="auto", choices=["auto", "spline", "affine"])
     parser.add_argument(
-        "--fixed-particles",
+        "--adapt-particles",
         action="store_true",
-        help="FlowMCKernel draws all --particles every iteration (adapt_num_particles=False)",
+        help="FlowMCKernel(adapt_num_particles=True): fewer particles after warm-up",
     )
     parser.add_argument(
-        "--fit-patience", type=int, default=50, help="FlowMCKernel's fit_patience; -1: None"
+        "--fit-patience", type=int, default=-1, help="FlowMCKernel's fit_patience; -1: None"
     )
     parser.add_argument("--nuts-warmup", type=int, default=500)
     parser.add_argument("--nuts-samples", type=int, default=1000)

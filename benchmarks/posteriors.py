@@ -123,7 +123,7 @@ def run_flowmc(posterior: Posterior, key: jax.Array, args: argparse.Namespace) -
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         mcmc = MCMC(
-            FlowMCKernel(posterior.model, adapt_num_particles=not args.fixed_particles),
+            FlowMCKernel(posterior.model, adapt_num_particles=args.adapt_particles),
             num_warmup=args.num_warmup,
             num_samples=args.num_samples,
             num_chains=args.num_walkers,
@@ -313,9 +313,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="few iterations: a smoke run")
     parser.add_argument(
-        "--fixed-particles",
+        "--adapt-particles",
         action="store_true",
-        help="FlowMCKernel draws all its i-SIR particles (adapt_num_particles=False)",
+        help="FlowMCKernel(adapt_num_particles=True): fewer particles after warm-up",
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -109,10 +109,10 @@ class FlowMCKernel(MCMCKernel):
             strongly correlated unimodal posteriors; with separated modes the between-mode
             covariance makes it worse, hence off by default.
         fit_patience: Warm-up rounds without a 0.01 gain in smoothed global acceptance, once
-            it is 0.1 or more, after which fitting stops until a new window (in d = 64 it can
-            stay near 0 for 50 rounds while the flow learns); ``None``: never stop.
+            it is 0.1 or more, after which fitting stops until a new window; ``None``
+            (default): never. Opt-in: a flow can plateau on one mode for 50 rounds.
         adapt_num_particles: Once fitting stops, draw only the i-SIR particles (eighths of
-            ``num_particles``) that move most walkers per potential evaluation.
+            ``num_particles``) that give most effective draws per potential evaluation.
 
     Example:
         >>> import jax, numpyro, numpyro.distributions as dist
@@ -149,8 +149,8 @@ class FlowMCKernel(MCMCKernel):
         memory_budget_bytes: int = 2**28,
         flow_seed: int = 0,
         dense_preconditioner: bool = False,
-        fit_patience: int | None = 50,
-        adapt_num_particles: bool = True,
+        fit_patience: int | None = None,
+        adapt_num_particles: bool = False,
     ):
         if (model is None) == (potential_fn is None):
             given = "both" if model is not None else "neither"
