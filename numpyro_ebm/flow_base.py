@@ -50,13 +50,22 @@ def _frozen(tree: Any) -> Any:
                         tree)  # fmt: skip
 
 
+def _check_flow(name: str, flow: Any) -> None:
+    if not isinstance(flow, AbstractDistribution):
+        raise TypeError(f"expected a flowjax distribution as `{name}`, got {type(flow).__name__}")
+
+
 class FlowBaseEnergy(eqx.Module):
     """An energy whose tilted model is ``exp(-c_θ(x)) q₀(x)``: a correction of a fitted flow.
 
     As :class:`~numpyro_ebm.energies.TiltedEnergy` subtracts ``log ρ``, this energy is
     ``c_θ(x) - log q₀(x) + log ρ(x)`` with the trainer's ρ = N(0, σ² I): pass the same σ as
-    ``TrainConfig(base_scale=...)`` (the trainer checks). Trainers and samplers start their
-    flow and walkers from :meth:`initial_flow`.
+    ``TrainConfig(base_scale=...)`` (the trainer checks). The trainer draws its walkers from
+    ``q₀`` (:meth:`initial_walkers`: the initial model exactly), and samplers start their flow
+    from :meth:`initial_flow`: ``q₀`` itself, or ``proposal_flow`` where ``q₀`` is slow to
+    sample. A masked autoregressive flow (MAF) evaluates its density in one
+    pass but samples one coordinate at a time, so on digits (d = 64) the best ``q₀`` is a MAF
+    and the sampler's flow a coupling flow fitted to the same data, cheap both ways.
 
     Args:
         correction: The trainable correction ``c_θ``, an equinox module from ``(d,)`` to a
@@ -64,6 +73,9 @@ class FlowBaseEnergy(eqx.Module):
             zero so the model starts equal to ``q₀``).
         base_flow: The fitted flow ``q₀`` over ``(d,)`` (frozen).
         base_scale: σ of the trainer's ρ.
+        proposal_flow: The flow the samplers start from, if not ``q₀`` (a flow over ``(d,)``
+            close to ``q₀`` that samples fast). The walkers' first positions and log Z's
+            importance draws still come from ``q₀`` (:func:`importance_proposal`).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -78,17 +90,29 @@ class FlowBaseEnergy(eqx.Module):
     correction: eqx.Module
     base_flow: AbstractDistribution
     base_scale: float = eqx.field(static=True)
+    proposal_flow: AbstractDistribution | None
 
-    def __init__(self, correction: eqx.Module, base_flow: AbstractDistribution, base_scale: float):
+    def __init__(
+        self,
+        correction: eqx.Module,
+        base_flow: AbstractDistribution,
+        base_scale: float,
+        proposal_flow: AbstractDistribution | None = None,
+    ):
         if not callable(correction):
             raise TypeError(f"expected a callable `correction`, got {type(correction).__name__}")
-        if not isinstance(base_flow, AbstractDistribution):
-            raise TypeError(
-                f"expected a flowjax distribution as `base_flow`, got {type(base_flow).__name__}"
-            )
+        _check_flow("base_flow", base_flow)
+        if proposal_flow is not None:
+            _check_flow("proposal_flow", proposal_flow)
+            if proposal_flow.shape != base_flow.shape:
+                raise ValueError(
+                    f"expected `proposal_flow` over the base flow's shape {base_flow.shape}, "
+                    f"got {proposal_flow.shape}"
+                )
         self.correction = correction
         self.base_flow = base_flow
         self.base_scale = positive_float("base_scale", base_scale)
+        self.proposal_flow = proposal_flow
 
     def __call__(self, x: ArrayLike) -> jax.Array:
         """``c_θ(x) - log q₀(x) + log ρ(x)`` of one point ``(d,)``."""
@@ -96,8 +120,14 @@ class FlowBaseEnergy(eqx.Module):
         return self.correction(x) - flow_log_prob + base_log_prob(x, self.base_scale)
 
     def initial_flow(self) -> AbstractDistribution:
-        """The flow samplers start from, and the walkers' first positions are drawn from."""
-        return self.base_flow
+        """The flow samplers start from: ``proposal_flow``, else ``q₀``."""
+        return self.base_flow if self.proposal_flow is None else self.proposal_flow
+
+    def initial_walkers(self, rng_key: jax.Array, num_walkers: int) -> jax.Array:
+        """``(num_walkers, d)`` exact draws of the initial model, ``q₀``: walkers start mixed."""
+        return self.base_flow.sample(
+            typed_key(rng_key), (positive_int("num_walkers", num_walkers),)
+        )
 
 
 def fit_base_flow(
@@ -204,9 +234,9 @@ def importance_proposal(
         >>> importance_proposal(energy, None, 1.0, 2) is q0
         True
     """
-    initial_flow = getattr(energy, "initial_flow", None)
-    if initial_flow is not None:
-        return initial_flow()
+    base_flow = getattr(energy, "base_flow", None)
+    if isinstance(base_flow, AbstractDistribution):
+        return base_flow
     if flow is not None:
         return flow
     return Normal(jnp.zeros(dim), base_scale)

@@ -101,3 +101,38 @@ def test_heldout_likelihood_proposes_from_the_base_flow_not_a_poor_run_flow():
         jax.random.key(1), TiltedEnergy(energy, 1.0), poor_flow, 512
     )
     assert control.ess < 5
+
+
+def test_a_proposal_flow_starts_the_sampler_while_walkers_and_log_z_come_from_the_base(
+    fitted, tmp_path
+):
+    # q₀ is the fitted flow (mean (0.5, -0.5)); the proposal, a Normal at (3, 3), must be the
+    # sampler's first flow, while the walkers start as exact draws of the model (q₀) and log Z
+    # stays exact from q₀ (the control: from the proposal it is not).
+    from numpyro_ebm.likelihood import importance_log_normalizer
+    from numpyro_ebm.training.heldout import heldout_metrics
+
+    data, flow, _ = fitted
+    proposal = Normal(jnp.full(2, 3.0))
+    energy = FlowBaseEnergy(MLPEnergy(2, width=8, depth=1, key=jax.random.key(2)), flow, 1.0,
+                            proposal_flow=proposal)  # fmt: skip
+    assert energy.initial_flow() is proposal
+    path = tmp_path / "points.npy"
+    np.save(path, data)
+    config = TrainConfig().with_settings(
+        **(TRAINER_SETTINGS | dict(num_walkers=256)), base_scale=1.0, preprocess="none"
+    )
+    trainer = Trainer(path, config, energy=energy)
+    state = trainer.init_state()
+    walkers = np.asarray(trainer.negatives(state))
+    np.testing.assert_allclose(walkers.mean(0), data.mean(0), atol=0.3)
+    np.testing.assert_allclose(trainer.flow(state).loc, proposal.loc)
+    metrics = heldout_metrics(jax.random.key(1), energy, 1.0, None, trainer.preprocessing,
+                              data[:50], num_samples=512)  # fmt: skip
+    assert metrics["importance_ess"] == pytest.approx(512, rel=1e-3)
+    control = importance_log_normalizer(jax.random.key(1), TiltedEnergy(energy, 1.0), proposal, 512)
+    assert control.ess < 0.5 * 512
+    with pytest.raises(ValueError, match="proposal_flow"):
+        FlowBaseEnergy(MLPEnergy(2, key=jax.random.key(0)), flow, 1.0, Normal(jnp.zeros(3)))
+    with pytest.raises(TypeError, match="proposal_flow"):
+        FlowBaseEnergy(MLPEnergy(2, key=jax.random.key(0)), flow, 1.0, "flow")

@@ -169,12 +169,12 @@ class Trainer:
             The initial state (the same for the same settings), on :attr:`mesh`: walkers
             split over its devices, the energy's parameters copied on each.
         """
-        initial_flow = getattr(self.initial_energy, "initial_flow", None)
+        initial_walkers = getattr(self.initial_energy, "initial_walkers", None)
         shape = (self.objective.num_walkers, self.dim)
-        if initial_flow is None:
+        if initial_walkers is None:
             walkers = self.base_scale * jax.random.normal(self._key_walkers, shape)
         else:  # an energy on a fitted flow starts as that flow: draw the walkers from it
-            walkers = initial_flow().sample(self._key_walkers, shape[:1])
+            walkers = initial_walkers(self._key_walkers, shape[0])
         # Split before the objective is built on them: what derives from them stays split.
         walkers = put_on_mesh(walkers, split_leading_axis(self.mesh))
         params = put_on_mesh(self._initial_energy_params, replicated(self.mesh))
