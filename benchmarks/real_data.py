@@ -7,18 +7,23 @@ preprocessing fitted on the training split, dequantised digits):
   breast-cancer and wine of: a full-covariance Gaussian; flowjax coupling-spline and
   masked-autoregressive-spline flows (``_flow_baselines.py``, each with ``--flow-seconds``);
   the EBM of the CLI defaults (``pcd`` with flowmc negatives, MLP energy on ρ = N(0, σ²I)); and
-  the EBM on a flow base (:class:`~numpyro_ebm.flow_base.FlowBaseEnergy` on the coupling
-  flow, which samples in one pass), whose per-example difference to that flow is reported
-  with its standard error (paired: the same test points; log Ẑ's error added). Goal: the
-  EBM ≥ the best flow, within 3 × the flows' budget.
-- **digits-2to1**: the class weight of digit 0 among the negatives of an EBM trained with
-  flowmc and with ula negatives (classifier on raw pixels). Goal: flowmc within 0.02 of 2/3.
+  the EBM on a flow base (:class:`~numpyro_ebm.flow_base.FlowBaseEnergy`: a correction of the
+  best-validating flow, the MAF, whose sampler proposes from the coupling flow, which samples
+  in one pass), whose per-example difference to its base is reported with its standard error
+  (paired: the same test points; log Ẑ's error added). Goal: the EBM ≥ the best flow, within
+  3 × the flows' budget (the EBM's time includes fitting both flows).
+- **digits-2to1**: the weight of digit 0 in the model of EBMs on a flow base trained with
+  flowmc and with ula negatives (classifier on raw pixels; self-normalised importance sampling
+  from the base flow), and its share among their negatives. Goal: flowmc within 0.02 of 2/3.
+- **log Z** of energies with a known normalising constant (mixtures and correlated Gaussians,
+  d = 2…64, shifted by 10 per coordinate) from the flow ``FlowMCKernel`` fitted
+  (``_log_z.py``). Goal: within 3 standard errors, standard error ≤ 0.05.
 - **OOD**: AUROC of the energies of digits' test images against pixel-shuffled, flipped,
   Gaussian-noise and uniform images, and against image patches.
 
 Run::
 
-    .venv/bin/python benchmarks/real_data.py                    # everything (~30 min, 2 CPUs)
+    .venv/bin/python benchmarks/real_data.py                    # everything (~45 min, 2 CPUs)
     .venv/bin/python benchmarks/real_data.py --datasets wine --epochs 2   # a quick look
 """
 
@@ -41,6 +46,7 @@ from _flow_baselines import (
     gaussian_heldout_log_likelihood,
     heldout_log_likelihood_of_flow,
 )
+from _log_z import GAUSSIAN_DIMS, MIXTURES, log_z_rows
 
 from numpyro_ebm.datasets import get_dataset
 from numpyro_ebm.energies import MLPEnergy
@@ -176,12 +182,13 @@ def ood_rows(dataset, prep, trainer, state) -> None:
           + ", ".join(f"{k} {v:.3f}" for k, v in aurocs.items()))  # fmt: skip
 
 
-def _self_normalised_share(log_weights: np.ndarray, indicator: np.ndarray) -> tuple[float, float]:
-    """Σ w f / Σ w of a 0/1 ``indicator`` and its delta-method standard error [Owen §9.2]."""
+def _self_normalised_share(log_weights: np.ndarray, indicator: np.ndarray) -> tuple[float, ...]:
+    """Σ w f / Σ w of a 0/1 ``indicator``, its delta-method stderr [Owen §9.2] and the ESS."""
     weights = np.exp(log_weights - log_weights.max())
     weights /= weights.sum()
     share = float(weights @ indicator)
-    return share, float(np.sqrt(weights**2 @ (indicator - share) ** 2))
+    stderr = float(np.sqrt(weights**2 @ (indicator - share) ** 2))
+    return share, stderr, float(1 / np.sum(weights**2))
 
 
 def class_weight_rows(epochs: int, flow_seconds: float, seed: int) -> list[str]:
@@ -202,8 +209,8 @@ def class_weight_rows(epochs: int, flow_seconds: float, seed: int) -> list[str]:
     is_zero = (np.asarray(dataset.classify(prep.inverse(draws))) == 0).astype(float)
     rows = []
 
-    def row(model, share, stderr, negatives="–", seconds="–"):
-        rows.append(f"| digits-2to1 | {model} | {share:.3f} ± {stderr:.3f} | "
+    def row(model, share, stderr, ess, negatives="–", seconds="–"):
+        rows.append(f"| digits-2to1 | {model} | {share:.3f} ± {stderr:.3f} (ESS {ess:.0f}) | "
                     f"{share - 2 / 3:+.3f} | {negatives} | {seconds} |")  # fmt: skip
         print(rows[-1], flush=True)
 
@@ -214,9 +221,9 @@ def class_weight_rows(epochs: int, flow_seconds: float, seed: int) -> list[str]:
             dataset, base_config.with_settings(sampler=sampler), energy
         )
         correction = jax.vmap(trainer.energy(state).correction)
-        share, stderr = _self_normalised_share(-np.asarray(correction(draws)), is_zero)
+        estimate = _self_normalised_share(-np.asarray(correction(draws)), is_zero)
         negatives = [entry["mode_weights"][0] for entry in history[len(history) // 2 :]]
-        row(f"EBM on q₀, {sampler} negatives", share, stderr, f"{np.mean(negatives):.3f}",
+        row(f"EBM on q₀, {sampler} negatives", *estimate, f"{np.mean(negatives):.3f}",
             f"{seconds:.0f}")  # fmt: skip
     return rows
 
@@ -227,6 +234,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20, help=f"epochs of {STEPS_PER_EPOCH} steps")
     parser.add_argument("--flow-seconds", type=float, default=120.0, help="budget per flow")
     parser.add_argument("--no-class-weights", action="store_true")
+    parser.add_argument("--no-log-z", action="store_true", help="skip the known-Z table")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; {args.epochs} epochs")
@@ -238,6 +246,8 @@ def main() -> None:
         print("\n| dataset | model | weight of 0 (truth 2/3) | error | negatives' share, "
               "2nd half | wall s |\n|---|---|---:|---:|---:|---:|")  # fmt: skip
         class_weight_rows(args.epochs, args.flow_seconds, args.seed)
+    if not args.no_log_z:
+        log_z_rows([*MIXTURES, *(f"gaussian-{d}" for d in GAUSSIAN_DIMS)], 1000, args.seed)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,16 @@ def fitted():
     return data, flow, losses
 
 
+def test_a_maf_base_flow_learns_the_data_too():
+    data = np.random.default_rng(0).normal([0.5, -0.5], [0.6, 1.2], size=(400, 2))
+    flow, losses = fit_base_flow(jax.random.key(0), data, kind="maf", flow_layers=2, nn_width=16,
+                                 max_epochs=100, max_patience=20)  # fmt: skip
+    assert "MaskedAutoregressive" in repr(flow)
+    exact = norm.logpdf(data, [0.5, -0.5], [0.6, 1.2]).sum(1).mean()
+    assert abs(float(jnp.mean(jax.vmap(flow.log_prob)(data))) - exact) < 0.15
+    assert losses[-1] < losses[0]
+
+
 def test_the_fitted_flow_learns_the_data(fitted):
     _, flow, losses = fitted
     fresh = np.random.default_rng(1).normal([0.5, -0.5], [0.6, 1.2], size=(4000, 2))
@@ -73,6 +83,8 @@ def test_bad_parts_are_clear_errors():
         FlowBaseEnergy(MLPEnergy(2, key=jax.random.key(0)), "flow", 1.0)
     with pytest.raises(ValueError, match=r"shape \(n, d\)"):
         fit_base_flow(jax.random.key(0), np.zeros(5))
+    with pytest.raises(ValueError, match=r"'coupling', 'maf'.*'realnvp'"):
+        fit_base_flow(jax.random.key(0), np.zeros((5, 2)), kind="realnvp")
     assert FlowBaseEnergy(lambda x: 0.0, Normal(jnp.zeros(2)), 1.0).initial_flow().shape == (2,)
 
 

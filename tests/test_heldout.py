@@ -163,6 +163,23 @@ def test_early_stopping_ends_the_run_and_resumes_to_the_same_end(tmp_path, monke
     assert int(resumed.best_state.step) == 2 * MINI["steps_per_epoch"]
 
 
+def test_a_validation_with_too_few_effective_draws_is_never_the_best_nor_an_improvement():
+    # Epoch 3's figure is the highest but rests on 10 effective draws of 1024 (< 5%): a log Z
+    # estimate that low is biased down, so its log-likelihood is not trusted. The control is
+    # the same history with a healthy ESS, where epoch 3 is the best and patience 1 waits.
+    def history(ess):
+        values = [(1, -5.0, 900.0), (2, -4.0, 800.0), (3, 10.0, ess)]
+        return [{"epoch": e, "val_log_likelihood": v, "val_importance_ess": n, "val_draws": 1024}
+                for e, v, n in values]  # fmt: skip
+
+    assert validation_module.best_epoch(history(10.0)) == 2
+    assert validation_module.should_stop(history(10.0), patience=1)
+    assert validation_module.best_epoch(history(100.0)) == 3
+    assert not validation_module.should_stop(history(100.0), patience=1)
+    legacy = [{k: v for k, v in e.items() if k != "val_draws"} for e in history(10.0)]
+    assert validation_module.best_epoch(legacy) == 3  # runs written before val_draws
+
+
 def test_frozen_negatives_warn_and_mixing_ones_do_not():
     settings = {**MINI, "num_epochs": 1, "steps_per_epoch": 40}
     frozen = TrainConfig().with_settings(**settings, sampler="ula", ula_step_size=1e-12)

@@ -41,6 +41,9 @@ MAX_TRAINING_RHAT = 1.1
 #: Fewest steps an epoch's R̂ is computed from: with 10 draws per walker (``--fast`` runs) the
 #: split halves are too short and healthy runs scatter up to ~1.1.
 MIN_RHAT_STEPS = 40
+#: Smallest share of effective importance draws of a trusted validation (as
+#: :func:`~numpyro_ebm.likelihood.log_normalizer`'s switch to AIS).
+MIN_VALIDATION_ESS_FRACTION = 0.05
 
 
 def validate(
@@ -63,7 +66,8 @@ def validate(
         num_samples: Importance draws.
 
     Returns:
-        ``val_log_likelihood`` and its ``_stderr`` (nats per point) and ``val_importance_ess``.
+        ``val_log_likelihood`` and its ``_stderr`` (nats per point), ``val_importance_ess``
+        and ``val_draws`` (the importance draws).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -80,26 +84,48 @@ def validate(
         VALIDATION_KEY: mean,
         f"{VALIDATION_KEY}_stderr": stderr,
         "val_importance_ess": estimate.ess,
+        "val_draws": num_samples,
     }
+
+
+def trusted_validation(entry: dict[str, Any]) -> float:
+    """An epoch's validation log-likelihood, or -inf where its log Z estimate is not trusted.
+
+    Below :data:`MIN_VALIDATION_ESS_FRACTION` effective draws a few importance weights
+    dominate, log Ẑ comes out too low and the log-likelihood too high (a model drifting away
+    from its proposal would look better and better): such a validation, or a non-finite one,
+    never counts as the best and never as an improvement. Entries written before
+    ``val_draws`` was recorded are taken as they are.
+
+    Example:
+        >>> trusted_validation({"val_log_likelihood": -2.0, "val_importance_ess": 3.0,
+        ...                     "val_draws": 1024})
+        -inf
+    """
+    value = entry[VALIDATION_KEY]
+    draws = entry.get("val_draws")
+    if draws and entry.get("val_importance_ess", draws) < MIN_VALIDATION_ESS_FRACTION * draws:
+        return -math.inf
+    return value if math.isfinite(value) else -math.inf
 
 
 def _validations(history: list[dict[str, Any]]) -> list[tuple[int, float]]:
     return [
-        (entry["epoch"], entry[VALIDATION_KEY])
-        for entry in history
-        if VALIDATION_KEY in entry and math.isfinite(entry[VALIDATION_KEY])
+        (entry["epoch"], trusted_validation(entry)) for entry in history if VALIDATION_KEY in entry
     ]
 
 
 def best_epoch(history: list[dict[str, Any]]) -> int | None:
-    """The epoch with the highest validation log-likelihood (the first, on ties), or ``None``.
+    """The epoch with the highest trusted validation log-likelihood (the first, on ties).
+
+    ``None`` without a trusted validation (:func:`trusted_validation`).
 
     Example:
         >>> best_epoch([{"epoch": 1, "val_log_likelihood": -2.0},
         ...             {"epoch": 2, "val_log_likelihood": -1.5}, {"epoch": 3}])
         2
     """
-    validations = _validations(history)
+    validations = [item for item in _validations(history) if math.isfinite(item[1])]
     if not validations:
         return None
     return max(validations, key=lambda item: (item[1], -item[0]))[0]
@@ -107,6 +133,8 @@ def best_epoch(history: list[dict[str, Any]]) -> int | None:
 
 def should_stop(history: list[dict[str, Any]], patience: int | None) -> bool:
     """Whether the last ``patience`` validations all failed to beat the best before them.
+
+    An untrusted validation (:func:`trusted_validation`) counts as failing.
 
     Example:
         >>> history = [{"epoch": e, "val_log_likelihood": v} for e, v in enumerate([1, 3, 2, 2])]
