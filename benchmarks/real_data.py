@@ -230,7 +230,7 @@ def class_weight_rows(epochs: int, flow_seconds: float, seed: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--epochs", type=int, default=20, help=f"epochs of {STEPS_PER_EPOCH} steps")
     parser.add_argument("--flow-seconds", type=float, default=120.0, help="budget per flow")
     parser.add_argument("--no-class-weights", action="store_true")

@@ -30,7 +30,7 @@ from numpyro_ebm.metrics import zone_weights_from_energy, zone_weights_from_samp
 from numpyro_ebm.preprocessing import Preprocessing
 
 __all__ = ["best_epoch", "mixing_message", "model_mode_weights", "negatives_rhat"]
-__all__ += ["epoch_extra", "should_stop", "validate"]
+__all__ += ["epoch_extra", "should_stop", "trusted_validation", "validate"]
 
 #: History key of the validation log-likelihood (mean nats per point, model coordinates).
 VALIDATION_KEY = "val_log_likelihood"
