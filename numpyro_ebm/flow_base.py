@@ -68,9 +68,9 @@ class FlowBaseEnergy(eqx.Module):
     ``TrainConfig(base_scale=...)`` (the trainer checks). The trainer draws its walkers from
     ``q₀`` (:meth:`initial_walkers`: the initial model exactly), and samplers start their flow
     from :meth:`initial_flow`: ``q₀`` itself, or ``proposal_flow`` where ``q₀`` is slow to
-    sample. A masked autoregressive flow (MAF) evaluates its density in one
-    pass but samples one coordinate at a time, so on digits (d = 64) the best ``q₀`` is a MAF
-    and the sampler's flow a coupling flow fitted to the same data, cheap both ways.
+    sample. A masked autoregressive flow (MAF) evaluates its density in one pass but samples
+    one coordinate at a time, so on digits (d = 64) the best ``q₀`` is a MAF and the sampler's
+    flow a coupling flow fitted to the same data, cheap both ways.
 
     Args:
         correction: The trainable correction ``c_θ``, an equinox module from ``(d,)`` to a
