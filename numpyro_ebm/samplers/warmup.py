@@ -23,6 +23,7 @@ from numpyro_ebm.samplers.adaptation import (
     moved_far,
     particle_chunks_per_cost,
     smooth_accept_prob,
+    still_fitting,
     to_latent,
     update_fit_progress,
     update_step_size,
@@ -145,8 +146,8 @@ def adapt(
     state: FlowMCAdaptation, position, accept_prob, global_accept_prob, config: FlowMCConfig
 ) -> FlowMCAdaptation:
     """Record the positions, update the preconditioner, the window and the step size."""
-    preconditioner = ensemble_preconditioner(position, dense=config.dense_preconditioner)
-    restart = moved_far(preconditioner, state.window_reference)
+    estimate = ensemble_preconditioner(position, dense=config.dense_preconditioner)
+    restart = moved_far(estimate, state.window_reference)
     step_size, step_size_average, adaptation = update_step_size(
         state.step_size_adaptation, jnp.mean(accept_prob), config.target_accept_prob
     )
@@ -162,6 +163,13 @@ def adapt(
     # the fitting plateau start again, and the window's reference is the new preconditioner.
     adaptation = unless_restart(adaptation, init_step_size_adaptation(step_size))
     fit_progress = unless_restart(fit_progress, init_fit_progress(position.dtype))
+    # The default flow lives in the preconditioned coordinates: once fitting has stopped they
+    # stay as they are until a new window, or the frozen flow would drift off the walkers as
+    # the estimate jitters, and the walkers with it.
+    frozen = ~still_fitting(fit_progress, config.fit_patience)
+    preconditioner = jax.tree.map(
+        lambda kept, fresh: jnp.where(frozen, kept, fresh), state.preconditioner, estimate
+    )
     return state._replace(
         fit_progress=fit_progress,
         buffer=state.buffer.at[state.round_index % len(state.buffer)].set(position),
@@ -169,7 +177,7 @@ def adapt(
         step_size_average=step_size_average,
         step_size_adaptation=adaptation,
         preconditioner=preconditioner,
-        window_reference=unless_restart(state.window_reference, preconditioner),
+        window_reference=unless_restart(state.window_reference, estimate),
         window_start=jnp.where(restart, state.round_index, state.window_start),
     )
 
