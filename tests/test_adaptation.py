@@ -25,7 +25,6 @@ from numpyro_ebm.flows import default_flow
 from numpyro_ebm.health import check_run
 from numpyro_ebm.kernel_state import COLLECTABLE_FIELDS
 from numpyro_ebm.samplers import warmup
-from numpyro_ebm.samplers.flowmc import FlowMCConfig
 from numpyro_ebm.samplers.adaptation import (
     Preconditioner,
     ensemble_preconditioner,
@@ -40,6 +39,7 @@ from numpyro_ebm.samplers.adaptation import (
     update_fit_progress,
     update_step_size,
 )
+from numpyro_ebm.samplers.flowmc import FlowMCConfig
 
 ALPHA = 1e-3  # family-wise false-alarm rate of each statistical test
 
