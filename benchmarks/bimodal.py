@@ -265,7 +265,10 @@ def main() -> None:
         help="FlowMCKernel(adapt_num_particles=True): fewer particles after warm-up",
     )
     parser.add_argument(
-        "--fit-patience", type=int, default=-1, help="FlowMCKernel's fit_patience; -1: None"
+        "--fit-patience",
+        type=int,
+        default=50,
+        help="FlowMCKernel's fit_patience (default: the kernel's, 50); -1: None",
     )
     parser.add_argument("--nuts-warmup", type=int, default=500)
     parser.add_argument("--nuts-samples", type=int, default=1000)

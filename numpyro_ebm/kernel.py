@@ -109,8 +109,8 @@ class FlowMCKernel(MCMCKernel):
             strongly correlated unimodal posteriors; with separated modes the between-mode
             covariance makes it worse, hence off by default.
         fit_patience: Warm-up rounds without a 0.01 gain in smoothed global acceptance, once
-            it is 0.1 or more, after which fitting stops until a new window; ``None``
-            (default): never. Opt-in: a flow can plateau on one mode for 50 rounds.
+            it is 0.1 or more, after which the flow and the preconditioner freeze until a new
+            window; ``None``: fit for the whole warm-up.
         adapt_num_particles: Once fitting stops, draw only the i-SIR particles (eighths of
             ``num_particles``) that give most effective draws per potential evaluation.
 
@@ -149,7 +149,7 @@ class FlowMCKernel(MCMCKernel):
         memory_budget_bytes: int = 2**28,
         flow_seed: int = 0,
         dense_preconditioner: bool = False,
-        fit_patience: int | None = None,
+        fit_patience: int | None = 50,
         adapt_num_particles: bool = False,
     ):
         if (model is None) == (potential_fn is None):
