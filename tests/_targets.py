@@ -1,6 +1,6 @@
-"""Known targets with exact samplers, and the thresholds of the statistical tests.
+"""Known targets with exact samplers, the thresholds of the statistical tests, a round config.
 
-Shared by ``test_samplers.py``, ``test_invariance.py``, ``test_kernel.py`` and ``test_mcse.py``.
+Shared by the tests of the samplers, the kernel and its adaptation.
 Every statistical check states a false-alarm rate; a family of ``k`` checks in one test splits
 it by Bonferroni (``alpha / k`` each), so the test fails by chance with probability <= ``alpha``.
 """
@@ -135,3 +135,27 @@ def mixture_flowmc_run():
         draws=np.asarray(mcmc.get_samples(group_by_chain=True)["x"], np.float64),
         extra=mcmc.get_extra_fields(group_by_chain=True),
     )
+
+
+def round_config(**overrides):
+    """A :class:`~numpyro_ebm.samplers.FlowMCConfig` for tests that drive rounds directly.
+
+    i-SIR with 8 particles in chunks of 3, 5 MALA steps, the default acceptance target, one
+    tiny fit per round with a fresh optimizer; ``overrides`` replace any field.
+    """
+    from numpyro_ebm.flows import flow_optimizer
+    from numpyro_ebm.samplers.flowmc import FlowMCConfig
+
+    options = dict(
+        num_local_steps=5,
+        global_move="isir",
+        num_particles=8,
+        chunk_size=3,
+        target_accept_prob=0.574,
+        fit_flow=True,
+        fit_every=1,
+        num_fit_steps=1,
+        fit_batch_size=1,
+        optimizer=flow_optimizer(),
+    )
+    return FlowMCConfig(**{**options, **overrides})

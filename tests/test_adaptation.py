@@ -15,7 +15,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
-from _targets import two_sided_z
+from _targets import round_config, two_sided_z
 from flowjax.distributions import Normal
 from numpyro.infer import MCMC
 from numpyro.infer.initialization import init_to_uniform
@@ -39,7 +39,6 @@ from numpyro_ebm.samplers.adaptation import (
     update_fit_progress,
     update_step_size,
 )
-from numpyro_ebm.samplers.flowmc import FlowMCConfig
 
 ALPHA = 1e-3  # family-wise false-alarm rate of each statistical test
 
@@ -142,19 +141,7 @@ def _preconditioner_after(fit_progress, shift):
     """The preconditioner after an adapting round whose walkers moved by ``shift`` sds."""
     walkers = jax.random.normal(jax.random.key(0), (256, 2))
     state = warmup.init_adaptation(walkers, {}, {}, step_size=0.1, buffer_size=4)
-    config = FlowMCConfig(
-        num_local_steps=5,
-        global_move="isir",
-        num_particles=8,
-        chunk_size=7,
-        target_accept_prob=0.574,
-        fit_flow=True,
-        fit_every=1,
-        num_fit_steps=1,
-        fit_batch_size=1,
-        optimizer=None,
-        fit_patience=50,
-    )
+    config = round_config(fit_patience=50)
     accept = jnp.full(256, 0.5)
     state = warmup.adapt(
         state._replace(fit_progress=fit_progress), walkers + shift, accept, accept, config

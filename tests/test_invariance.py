@@ -31,15 +31,16 @@ from _targets import (
     mixture_draws,
     mixture_marginal_cdfs,
     mixture_potential,
+    round_config,
     two_sided_z,
 )
 from flowjax.distributions import Normal
 from scipy import stats
 
-from numpyro_ebm.flows import flow_optimizer, split_flow
+from numpyro_ebm.flows import split_flow
 from numpyro_ebm.samplers import flowmc, global_moves, langevin
 from numpyro_ebm.samplers.adaptation import Preconditioner
-from numpyro_ebm.samplers.flowmc import FlowMCConfig, flowmc_round
+from numpyro_ebm.samplers.flowmc import flowmc_round
 from numpyro_ebm.samplers.warmup import init_adaptation
 
 # Family-wise false-alarm rate of each target's checks.
@@ -126,18 +127,10 @@ def _run_rounds(
     # Imperfect on purpose (see `Target.flow_scale`), and frozen.
     flow = Normal(jnp.zeros(2), target.flow_scale * jnp.ones(2))
     flow_params, flow_static = split_flow(flow)
-    optimizer = flow_optimizer()
-    config = FlowMCConfig(
+    config = round_config(
         num_local_steps=num_local_steps,
         global_move=global_move,
-        num_particles=8,
-        chunk_size=3,
-        target_accept_prob=0.574,
         fit_flow=False,
-        fit_every=1,
-        num_fit_steps=1,
-        fit_batch_size=1,
-        optimizer=optimizer,
         standardise_flow=False,  # the flow above is over model coordinates, used as given
         dense_preconditioner=preconditioner == "dense",
         adapt_num_particles=particle_chunks is not None,
@@ -147,7 +140,7 @@ def _run_rounds(
     state = init_adaptation(
         position,
         flow_params,
-        optimizer.init(flow_params),
+        config.optimizer.init(flow_params),
         step_size=step_size,
         buffer_size=1,
         dense_preconditioner=config.dense_preconditioner,
