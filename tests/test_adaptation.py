@@ -162,13 +162,14 @@ def test_the_preconditioner_freezes_with_the_flow_until_a_new_window():
     # stopped learning would move the proposal off the walkers (in d = 16 the global acceptance
     # then fell from 0.69 to 0.25 within 30 rounds, and a mode weight came out 0.77).
     start = _preconditioner_after(init_fit_progress(), 0.0)
-    small, far = 0.3, 3.0  # within the walkers' spread, and beyond it (a new window)
+    small, far = 0.3, 30.0  # within the walkers' spread, and beyond it (a new window)
     frozen = _preconditioner_after(_plateaued_progress(), small)
-    np.testing.assert_array_equal(frozen.loc, start.loc)
+    np.testing.assert_allclose(frozen.loc, start.loc, atol=1e-6)
     # Controls: still fitting, the estimate follows the walkers; moved far, a new window does.
     for progress, shift in ((init_fit_progress(), small), (_plateaued_progress(), far)):
         moved = _preconditioner_after(progress, shift)
-        np.testing.assert_allclose(moved.loc, start.loc + shift, rtol=1e-5)
+        # Estimated from the 4 buffered rounds (the start) and the moved walkers.
+        np.testing.assert_allclose(moved.loc, start.loc + shift / 5, atol=1e-5)
 
 
 # -- Through MCMC: far, badly scaled, correlated ---------------------------------------------
@@ -438,3 +439,44 @@ def test_a_good_flow_draws_fewer_particles_only_when_adaptive(adapt_num_particle
     assert np.all(np.diff(np.asarray(adaptation.particle_accept)) >= 0)
     global_accept = float(np.mean(mcmc.get_extra_fields()["global_accept_prob"]))
     assert global_accept > 0.5
+
+
+# Notebook 01's posterior: the sign of an amplitude seen through its square (20 points) and a
+# noisy direct probe (2 points). Mode theta > 0 holds 0.820 of the mass (quadrature in the
+# notebook), the other mode 0.18, and each mode's sd is about 0.03.
+AMPLITUDE_SQUARES = np.array([
+    1.48, 1.40, 1.63, 1.47, 1.28, 1.55, 1.83, 1.72, 1.23, 1.06,
+    1.25, 1.45, 0.74, 1.37, 1.07, 1.22, 1.28, 1.35, 1.56, 1.75,
+])  # fmt: skip
+AMPLITUDE_PROBES = np.array([0.42, 2.16])
+POSITIVE_WEIGHT = 0.820
+
+
+def _amplitude():
+    theta = numpyro.sample("theta", dist.Normal(0.0, 3.0))
+    sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
+    numpyro.sample("y", dist.Normal(theta**2, sigma), obs=AMPLITUDE_SQUARES)
+    numpyro.sample("z", dist.Normal(theta, 2.0), obs=AMPLITUDE_PROBES)
+
+
+def _positive_share_with_32_walkers():
+    kernel = FlowMCKernel(_amplitude)
+    mcmc = MCMC(kernel, num_warmup=300, num_samples=200, num_chains=32,
+                chain_method="vectorized", progress_bar=False)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mcmc.run(jax.random.PRNGKey(1))  # a seed at which the control loses the small mode
+    return float(np.mean(np.asarray(mcmc.get_samples()["theta"]) > 0))
+
+
+def test_few_walkers_keep_a_small_mode():
+    # 6400 draws with an indicator ESS in the thousands: an error of 0.06 is over 5 MCSEs,
+    # a false alarm well under ALPHA.
+    share = _positive_share_with_32_walkers()
+    assert abs(share - POSITIVE_WEIGHT) < 0.06, share
+
+
+def test_with_the_preconditioner_from_this_round_alone_the_small_mode_is_lost(monkeypatch):
+    monkeypatch.setattr(warmup, "preconditioner_points", lambda state, position: position)
+    share = _positive_share_with_32_walkers()
+    assert abs(share - POSITIVE_WEIGHT) > 0.1, share
