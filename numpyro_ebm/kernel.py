@@ -58,8 +58,8 @@ class FlowMCKernel(MCMCKernel):
     iteration makes one global move with the flow (i-SIR with ``num_particles`` particles, or
     independent Metropolis–Hastings) and ``num_local_steps`` MALA steps. During warm-up
 
-    - the walkers' mean and spread (diagonal, or dense covariance) precondition MALA and
-      standardise the default flow, so any location and scale of the posterior works;
+    - the walkers' mean and spread over the last rounds (diagonal, or dense covariance)
+      precondition MALA and standardise the default flow, so any location and scale works;
     - the MALA step size is adapted toward ``target_accept_prob`` by dual averaging;
     - the flow is fitted by maximum likelihood on the walkers' recent positions;
     - when the walkers move far (by more than their spread), a new adaptation window starts and

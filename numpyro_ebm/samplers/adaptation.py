@@ -5,10 +5,12 @@ single chain only gets from its history. The flowMC round uses it twice:
 
 - **Preconditioning.** An affine map ``x = loc + L u`` with ``loc`` the walkers' mean and
   ``L`` their standard deviations (diagonal, the default) or the Cholesky factor of their
-  covariance (dense). MALA runs in ``u``, which is preconditioned MALA with mass matrix
-  ``(L Lᵀ)⁻¹`` in ``x`` (the role of NUTS's adapted mass matrix), and the proposal flow is
-  fitted in ``u``, so it follows the walkers wherever the posterior sits and however it is
-  scaled (a flow of standardised coordinates, as spline transformers need; METHOD.md §6).
+  covariance (dense), over the buffered rounds and the current one
+  (:func:`~numpyro_ebm.samplers.warmup.preconditioner_points`). MALA runs in ``u``, which
+  is preconditioned MALA with mass matrix ``(L Lᵀ)⁻¹`` in ``x`` (the role of NUTS's adapted
+  mass matrix), and the proposal flow is fitted in ``u``, so it follows the walkers wherever
+  the posterior sits and however it is scaled (a flow of standardised coordinates, as spline
+  transformers need; METHOD.md §6).
 - **Windows.** When the walkers have moved far from where the current window started (their
   mean by more than one standard deviation, or a scale by more than a factor of two), a new
   window starts: the flow's buffer forgets the stale positions and the step-size adaptation
