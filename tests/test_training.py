@@ -399,8 +399,10 @@ def test_save_and_load_model_with_flow(tmp_path, flowmc_run):
     model = load_model(tmp_path)
     x = jnp.array([[1.5, 1.5], [-1.5, -1.5]])
     np.testing.assert_array_equal(model.flow.log_prob(x), flowmc_run.flow.log_prob(x))
-    np.testing.assert_array_equal(
-        load_energy(tmp_path)(x), trainer.total_energy_fn(flowmc_run.state)(x)
+    # The same parameters through another compiled path: equal to float32 rounding (a wrong or
+    # stale parameter would move the energy by far more).
+    np.testing.assert_allclose(
+        load_energy(tmp_path)(x), trainer.total_energy_fn(flowmc_run.state)(x), rtol=1e-6
     )
     assert model.negatives.shape == (TINY["num_walkers"], 2)
 
