@@ -15,6 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
+from numpyro_ebm.flows import flow_optimizer
+from numpyro_ebm.samplers.flowmc import FlowMCConfig
+
 # -- 2-D correlated Gaussian ---------------------------------------------------------------
 
 GAUSS_MEAN = np.array([1.0, -0.5])
@@ -143,9 +146,6 @@ def round_config(**overrides):
     i-SIR with 8 particles in chunks of 3, 5 MALA steps, the default acceptance target, one
     tiny fit per round with a fresh optimizer; ``overrides`` replace any field.
     """
-    from numpyro_ebm.flows import flow_optimizer
-    from numpyro_ebm.samplers.flowmc import FlowMCConfig
-
     options = dict(
         num_local_steps=5,
         global_move="isir",

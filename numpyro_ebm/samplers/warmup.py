@@ -160,6 +160,11 @@ def preconditioner_points(state: FlowMCAdaptation, position: jax.Array) -> jax.A
     return jnp.concatenate([state.buffer.reshape(-1, position.shape[-1]), position])
 
 
+def _tree_where(condition: jax.Array, if_true: Any, if_false: Any) -> Any:
+    """``jnp.where(condition, ·, ·)`` leaf by leaf over two pytrees of the same structure."""
+    return jax.tree.map(lambda a, b: jnp.where(condition, a, b), if_true, if_false)
+
+
 def adapt(
     state: FlowMCAdaptation, position, accept_prob, global_accept_prob, config: FlowMCConfig
 ) -> FlowMCAdaptation:
@@ -177,7 +182,7 @@ def adapt(
     fit_progress = update_fit_progress(state.fit_progress, jnp.mean(global_accept_prob))
 
     def unless_restart(kept, fresh):
-        return jax.tree.map(lambda a, b: jnp.where(restart, b, a), kept, fresh)
+        return _tree_where(restart, fresh, kept)
 
     # A new window forgets what was learned at the old location and scale: dual averaging and
     # the fitting plateau start again, and the window's reference is the new preconditioner.
@@ -187,9 +192,7 @@ def adapt(
     # stay as they are until a new window, or the frozen flow would drift off the walkers as
     # the estimate jitters, and the walkers with it.
     frozen = ~still_fitting(fit_progress, config.fit_patience)
-    preconditioner = jax.tree.map(
-        lambda kept, fresh: jnp.where(frozen, kept, fresh), state.preconditioner, estimate
-    )
+    preconditioner = _tree_where(frozen, state.preconditioner, estimate)
     return state._replace(
         fit_progress=fit_progress,
         buffer=state.buffer.at[state.round_index % len(state.buffer)].set(position),
