@@ -88,7 +88,7 @@ class FlowMCKernel(MCMCKernel):
             of picklable parts such as flowjax's ``Normal``.
         flow_options: Keyword arguments of :func:`numpyro_ebm.flows.default_flow` (e.g.
             ``transformer``, ``flow_layers``, ``nn_width``) for the default flow. Unless set,
-            the transformer is ``"spline"`` up to dimension 8 and ``"affine"`` above.
+            the transformer is ``"affine"`` (``"spline"`` is more flexible and costlier).
         fit_flow: Fit the flow during warm-up. With ``False`` the flow is used as given.
         global_move: ``"isir"`` (default, [A]), ``"imh"``, or ``"none"`` (MALA only).
         num_particles: i-SIR particles per walker and iteration, the current state included.
@@ -387,7 +387,7 @@ class FlowMCKernel(MCMCKernel):
     def _default_flow(self, dim: int) -> AbstractDistribution:
         # The default flow lives in the preconditioned coordinates, where the walkers are
         # standardised: it starts near the identity there (see `samplers.adaptation`).
-        options = default_flow_options(dim, self._flow_options)
+        options = default_flow_options(self._flow_options)
         return default_flow(jax.random.key(self._flow_seed), dim, **options)
 
     def __getstate__(self) -> dict:

@@ -92,7 +92,7 @@ def two_sided_z(alpha: float, num_checks: int = 1) -> float:
     return float(stats.norm.ppf(1.0 - alpha / (2 * num_checks)))
 
 
-# -- Shared runs (compiling a spline-flow kernel costs ~15 s on 2 cores: run it once) --------
+# -- Shared runs (compiling a default kernel costs seconds on 2 cores: run it once) ----------
 
 MIX_NUM_WALKERS = 64
 MIX_NUM_WARMUP = 100
@@ -110,7 +110,7 @@ def mixture_model():
 
 @functools.cache
 def mixture_flowmc_run():
-    """FlowMCKernel with its defaults (spline flow, i-SIR, N = 32) on the mixture model.
+    """FlowMCKernel with its defaults (affine coupling flow, i-SIR, N = 32) on the mixture model.
 
     Walkers start half in each mode (exact draws of each component), so the flow can propose
     both; the + mode's weight must move from 1/2 to 2/3. Used by ``test_mcse.py`` (weights)

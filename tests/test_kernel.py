@@ -2,8 +2,8 @@
 
 Compilation dominates the cost on 2 CPU cores, so most runs use a cheap flowjax ``Normal`` flow
 (an affine flow, still fitted by maximum likelihood during warm-up) and share module fixtures;
-the default spline flow runs in ``test_mcse.py`` (shared through ``_targets``) and here in the
-pickling test. Statistical checks state their false-alarm rate.
+the default (affine coupling) flow runs in ``test_mcse.py`` (shared through ``_targets``) and
+here in the pickling test. Statistical checks state their false-alarm rate.
 """
 
 import contextlib
@@ -576,7 +576,7 @@ def test_kernel_with_init_strategy_pickles_before_init():
 
 
 def test_mcmc_pickles_after_a_run_and_continues():
-    # The default spline flow on a model (the run shared with test_mcse): load the pickled
+    # The default flow on a model (the run shared with test_mcse): load the pickled
     # MCMC and continue from its last state; the frozen flow carries over. (Every other
     # configuration, `potential_fn` kernels and user flows included: tests/test_pickle.py.)
     mcmc = mixture_flowmc_run().mcmc
