@@ -33,7 +33,7 @@ from numpyro.infer import MCMC
 from numpyro.infer.initialization import init_to_median, init_to_value
 
 from numpyro_ebm import FlowMCKernel, FlowMCState
-from numpyro_ebm.flows import split_flow
+from numpyro_ebm.flows import default_flow, split_flow
 
 # Family-wise false-alarm rate of each statistical test in this file.
 ALPHA = 1e-3
@@ -172,6 +172,29 @@ def test_run_rejects_single_chains_and_other_chain_methods(num_chains, chain_met
     )
     with pytest.raises(ValueError, match=r"chain_method='vectorized'.*W >= 2"):
         mcmc.run(jax.random.key(0))
+
+
+def _parameter_shapes(flow):
+    return [leaf.shape for leaf in jax.tree.leaves(split_flow(flow)[0])]
+
+
+@pytest.mark.parametrize(
+    ("flow_options", "built"), [({}, "affine"), ({"transformer": "spline"}, "spline")]
+)
+def test_the_default_flow_is_affine_coupling_unless_the_options_say_spline(flow_options, built):
+    kernel = FlowMCKernel(gauss_model, flow_options=flow_options, **FAST)
+    mcmc = _mcmc(kernel, num_warmup=10, num_samples=5, progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(0))
+    # Inside the preconditioning map, a coupling flow over the 3 coordinates (x and log s).
+    inner = kernel.get_flow(mcmc.last_state).base_dist
+    other = {"affine": "spline", "spline": "affine"}[built]
+    assert _parameter_shapes(inner) == _parameter_shapes(
+        default_flow(jax.random.key(0), 3, transformer=built)
+    )
+    assert _parameter_shapes(inner) != _parameter_shapes(
+        default_flow(jax.random.key(0), 3, transformer=other)
+    )
+    assert np.all(np.isfinite(np.asarray(mcmc.get_samples()["x"])))
 
 
 def test_potential_fn_needs_init_params():
