@@ -131,7 +131,9 @@ def default_flow(
     rational-quadratic spline coupling layers (a masked autoregressive spline layer when
     ``dim == 1``, where coupling has nothing to condition on). Coupling flows sample and
     evaluate densities in one pass each way, unlike masked autoregressive flows whose sampling
-    is sequential in ``dim`` (METHOD.md §5).
+    is sequential in ``dim`` (METHOD.md §5). :class:`~numpyro_ebm.FlowMCKernel` builds its
+    default flow with ``transformer="affine"`` (see its ``flow_options``); the trainer's
+    negatives and objectives use this function's defaults.
 
     Args:
         key: PRNG key for the conditioner weights.
