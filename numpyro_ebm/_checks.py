@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["positive_float", "positive_int", "typed_key"]
+__all__ = ["key_impl_name", "positive_float", "positive_int", "typed_key"]
 
 
 def positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -75,7 +75,18 @@ def is_key_array(leaf: Any) -> bool:
     return isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
 
 
-def typed_key(key: Any) -> jax.Array:
+def key_impl_name(keys: Any) -> str | None:
+    """The PRNG implementation of typed ``keys`` (e.g. ``"rbg"``); ``None`` for raw keys.
+
+    Example:
+        >>> import jax
+        >>> key_impl_name(jax.random.key(0, impl="rbg")), key_impl_name(jax.random.PRNGKey(0))
+        ('rbg', None)
+    """
+    return str(jax.random.key_impl(keys)) if is_key_array(keys) else None
+
+
+def typed_key(key: Any, impl: str | None = None) -> jax.Array:
     """Return ``key`` as a new-style typed PRNG key, accepting a raw ``uint32`` key as well.
 
     NumPyro's examples make keys with ``jax.random.PRNGKey`` (raw ``uint32`` data of shape
@@ -84,8 +95,9 @@ def typed_key(key: Any) -> jax.Array:
     kinds work and give the same draws for the same key data. Works on traced keys too.
 
     Args:
-        key: A typed key of shape ``()`` or a raw ``uint32`` key of the default
-            implementation's shape (``(2,)`` for threefry).
+        key: A typed key of shape ``()`` or a raw ``uint32`` key of the implementation's
+            shape (``(2,)`` for threefry, the default).
+        impl: The implementation of a raw key (a name such as ``"rbg"``); by default JAX's.
 
     Returns:
         A typed key with the same key data.
@@ -108,9 +120,9 @@ def typed_key(key: Any) -> jax.Array:
     is_typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
     if is_typed and shape == ():
         return key
-    raw_shape = _raw_key_shape()
+    raw_shape = _raw_key_shape(impl)
     if not is_typed and dtype == np.uint32 and shape == raw_shape:
-        return jax.random.wrap_key_data(key)
+        return jax.random.wrap_key_data(key, impl=impl)
     given = (
         f"an array of dtype {dtype} and shape {shape}"
         if dtype is not None
@@ -122,6 +134,6 @@ def typed_key(key: Any) -> jax.Array:
     )
 
 
-def _raw_key_shape() -> tuple[int, ...]:
-    """Shape of a raw key of the default PRNG implementation (``(2,)`` for threefry)."""
-    return jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape
+def _raw_key_shape(impl: str | None = None) -> tuple[int, ...]:
+    """Shape of a raw key of a PRNG implementation (``(2,)`` for threefry, the default)."""
+    return jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0, impl=impl))).shape

@@ -24,7 +24,7 @@ __all__ = [
 
 
 def check_init_params(init_params: Any, num_walkers: int, *, from_model: bool) -> None:
-    """Raise if ``init_params`` has no latent coordinate or a leaf without the walker axis.
+    """Raise unless ``init_params`` are floating-point walker positions, walker axis first.
 
     Args:
         init_params: Initial values, walker axis first.
@@ -32,6 +32,7 @@ def check_init_params(init_params: Any, num_walkers: int, *, from_model: bool) -
         from_model: Whether the values come from a model (for the message).
 
     Raises:
+        TypeError: If a leaf is not floating-point.
         ValueError: If there is nothing to sample, or a leaf's leading axis is not of size
             ``num_walkers``.
 
@@ -43,6 +44,12 @@ def check_init_params(init_params: Any, num_walkers: int, *, from_model: bool) -
     """
     leaves = jax.tree.leaves(init_params)
     for leaf in leaves:
+        if not np.issubdtype(np.result_type(leaf), np.floating):
+            raise TypeError(
+                "`init_params` are positions in the unconstrained space: expected floating-point"
+                f" values; got a leaf of dtype {np.result_type(leaf)} (convert it with "
+                "`.astype(float)`)."
+            )
         if np.ndim(leaf) == 0 or np.shape(leaf)[0] != num_walkers:
             raise ValueError(
                 f"Each leaf of `init_params` must have the walker axis first, of size "

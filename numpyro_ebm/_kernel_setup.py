@@ -9,14 +9,17 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flowjax.distributions import AbstractDistribution
 from jax.sharding import NamedSharding, PartitionSpec
 
 from numpyro_ebm._checks import positive_int
+from numpyro_ebm.flows import default_flow
 from numpyro_ebm.samplers.flowmc import FlowMCConfig
 
 __all__ = [
     "DEFAULT_TARGET_ACCEPT_PROB",
     "default_flow_options",
+    "kernel_default_flow",
     "chunk_size_for_budget",
     "num_particle_chunks",
     "round_config",
@@ -61,6 +64,11 @@ def round_options(
     """
     if global_move not in ("isir", "imh", "none"):
         raise ValueError(f"`global_move` must be 'isir', 'imh' or 'none', got {global_move!r}.")
+    if global_move == "none" and num_local_steps == 0:
+        raise ValueError(
+            "The walkers would never move: expected a global move or at least one local step; "
+            "got global_move='none' and num_local_steps=0."
+        )
     if not 0 < target_accept_prob < 1:
         raise ValueError(f"`target_accept_prob` must be in (0, 1), got {target_accept_prob!r}.")
     return dict(
@@ -96,6 +104,15 @@ def default_flow_options(user_options: dict) -> dict:
         {'transformer': 'spline', 'knots': 4}
     """
     return {"transformer": _DEFAULT_TRANSFORMER, **user_options}
+
+
+def kernel_default_flow(flow_seed: int, dim: int, user_options: dict) -> AbstractDistribution:
+    """The kernel's default flow: :func:`~numpyro_ebm.flows.default_flow` with these options.
+
+    It lives in the preconditioned coordinates, where the walkers are standardised, and starts
+    near the identity there (see :mod:`numpyro_ebm.samplers.adaptation`).
+    """
+    return default_flow(jax.random.key(flow_seed), dim, **default_flow_options(user_options))
 
 
 def chunk_size_for_budget(

@@ -33,6 +33,7 @@ from numpyro_ebm._checks import typed_key
 from numpyro_ebm._pickling import remember_recipe
 
 __all__ = [
+    "bounded_affine",
     "default_flow",
     "standardising_moments",
     "fit_flow",
@@ -45,6 +46,13 @@ __all__ = [
 #: Scale of the final conditioner layer at initialisation: the flow starts within about 1e-2
 #: of the identity map, as in [A]'s high-dimensional runs ("near-zero initial coupling weights").
 _INITIAL_COUPLING_SCALE = 1e-2
+#: Bound on the log-scale of one affine coupling layer, |log s| ≤ this: RealNVP's soft clamp
+#: ``log s = c tanh(r / c)`` of the conditioner's output ``r``. With flowjax's unbounded
+#: softplus scale a flow fitted on wide walkers became explosive once they narrowed (a prior
+#: of sd 100, a posterior of sd 0.1): the scale underflowed to 0 at ordinary points, their
+#: log-density was -inf and every later fit step was skipped. Two layers act on each
+#: coordinate, so the flow can still scale a standardised coordinate by e^{±10}.
+_MAX_LOG_SCALE = 5.0
 #: Below this spread a coordinate of the walker cloud counts as collapsed (e.g. every walker
 #: started at the same point) and is standardised with scale 1 instead of a degenerate one.
 _MIN_STANDARDISING_SCALE = 1e-3
@@ -88,6 +96,25 @@ def merge_flow(params: Any, static: Any) -> AbstractDistribution:
         The flow.
     """
     return eqx.combine(params, static, is_leaf=_is_non_trainable)
+
+
+def _bounded_scale(raw: jax.Array) -> jax.Array:
+    """``exp(c tanh(raw / c))``: 1 at ``raw = 0``, within ``e^{±c}`` everywhere."""
+    return jnp.exp(_MAX_LOG_SCALE * jnp.tanh(raw / _MAX_LOG_SCALE))
+
+
+def bounded_affine() -> Affine:
+    """The elementwise affine bijection of flowjax with its scale kept in ``e^{±5}``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> layer = bounded_affine()
+        >>> float(layer.transform(jnp.asarray(2.0)))  # the identity at the raw parameters 0
+        2.0
+    """
+    return eqx.tree_at(
+        lambda affine: affine.scale, Affine(), paramax.Parameterize(_bounded_scale, jnp.zeros(()))
+    )
 
 
 def _shrink_final_conditioner_layers(flow: AbstractDistribution) -> AbstractDistribution:
@@ -147,8 +174,9 @@ def default_flow(
         interval: Splines act on ``[-interval, interval]`` of standardised coordinates and are
             the identity outside.
         transformer: ``"spline"`` (rational-quadratic splines, the most flexible) or
-            ``"affine"`` (RealNVP-style affine coupling, several times cheaper per sample; [A]
-            uses RealNVP in high dimension).
+            ``"affine"`` (RealNVP-style affine coupling with a soft-clamped scale,
+            :func:`bounded_affine`; several times cheaper per sample; [A] uses RealNVP in
+            high dimension).
 
     Returns:
         A flowjax distribution over ``(dim,)``.
@@ -178,7 +206,7 @@ def default_flow(
     elementwise = (
         RationalQuadraticSpline(knots=knots, interval=interval)
         if transformer == "spline"
-        else Affine()
+        else bounded_affine()
     )
     build = coupling_flow if dim > 1 else masked_autoregressive_flow
     flow = build(

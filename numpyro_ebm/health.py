@@ -217,6 +217,7 @@ def check_run(mcmc: Any) -> RunHealth:
 
     Raises:
         TypeError: If the sampler is not a ``FlowMCKernel`` or ``run`` has not been called.
+        ValueError: If the MCMC has only warmed up (``mcmc.warmup``).
 
     Example:
         >>> import jax, numpyro, numpyro.distributions as dist
@@ -238,6 +239,11 @@ def check_run(mcmc: Any) -> RunHealth:
         raise TypeError(
             "`check_run` takes an MCMC of a FlowMCKernel after `run`; got an MCMC of "
             f"{type(mcmc.sampler).__name__}" + (" that has not run." if state is None else ".")
+        )
+    if int(np.asarray(state.i)[0]) <= mcmc.num_warmup:  # NumPyro then returns zeros as draws
+        raise ValueError(
+            "`check_run` checks the draws kept after warm-up: expected an MCMC that has kept "
+            "some; got one that has only warmed up (call `mcmc.run`)."
         )
     samples = jax.tree.leaves(mcmc.get_samples(group_by_chain=True))
     draws = np.concatenate([np.reshape(leaf, (*leaf.shape[:2], -1)) for leaf in samples], -1)

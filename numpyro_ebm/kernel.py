@@ -27,22 +27,18 @@ from numpyro.infer.initialization import init_to_sample
 from numpyro.infer.mcmc import MCMCKernel
 from numpyro.util import identity
 
-from numpyro_ebm._checks import positive_float, positive_int, typed_key
+from numpyro_ebm._checks import key_impl_name, positive_float, positive_int, typed_key
 from numpyro_ebm._init_params import initialize_walkers, num_walkers_of
 from numpyro_ebm._kernel_setup import (
     DEFAULT_TARGET_ACCEPT_PROB,
-    default_flow_options,
+    kernel_default_flow,
     num_particle_chunks,
     round_config,
     round_options,
     walker_sharding,
 )
 from numpyro_ebm._pickling import kernel_getstate, kernel_setstate, latent_template
-from numpyro_ebm.flows import (
-    default_flow,
-    flow_optimizer,
-    split_flow,
-)
+from numpyro_ebm.flows import flow_optimizer, split_flow
 from numpyro_ebm.health import warn_after_warmup
 from numpyro_ebm.kernel_state import FlowMCState, initial_state, next_state
 from numpyro_ebm.samplers.flowmc import flowmc_round, proposal_flow
@@ -196,7 +192,7 @@ class FlowMCKernel(MCMCKernel):
         # walker's zeros) rebuilds `_unravel` after unpickling.
         self._config = self._flow_static = self._walker_sharding = self._sample_fn = None
         self._potential_fn_gen = self._postprocess_fn = None
-        self._unravel = self._latent_template = None
+        self._unravel = self._latent_template = self._key_impl = None  # raw keys: JAX's impl
         self._num_warmup = 0
 
     # -- NumPyro's MCMCKernel interface -----------------------------------------------------
@@ -263,6 +259,7 @@ class FlowMCKernel(MCMCKernel):
         model_kwargs = {} if model_kwargs is None else model_kwargs
         num_walkers = num_walkers_of(rng_key)
         key_state, key_model = jax.random.split(rng_key[0])
+        self._key_impl = key_impl_name(rng_key)  # the state holds raw key data
         init_params, potential_fn_gen, postprocess_fn = initialize_walkers(
             jax.random.split(key_model, num_walkers),
             self._model,
@@ -280,7 +277,9 @@ class FlowMCKernel(MCMCKernel):
         dim = flat_position.shape[1]
         self._num_warmup = int(num_warmup)
 
-        flow = self._flow if self._flow is not None else self._default_flow(dim)
+        flow = self._flow
+        if flow is None:
+            flow = kernel_default_flow(self._flow_seed, dim, self._flow_options)
         flow_params, self._flow_static = split_flow(flow)
         self._config = round_config(  # flow-fitting batches split as the walkers are
             flat_position, self._round_options, self._chunk_options, self._walker_sharding
@@ -321,7 +320,7 @@ class FlowMCKernel(MCMCKernel):
         Returns:
             The next state.
         """
-        key_next, key_round = jax.random.split(typed_key(state.rng_key[0]))
+        key_next, key_round = jax.random.split(typed_key(state.rng_key[0], self._key_impl))
         flat_position, unravel_batch = batch_ravel_pytree(state.z)
         adapting = state.adaptation.round_index < self._num_warmup
         position, adaptation, info = flowmc_round(
@@ -383,12 +382,6 @@ class FlowMCKernel(MCMCKernel):
         )
         unravel = self._unravel
         return lambda flat: potential_fn(unravel(flat))
-
-    def _default_flow(self, dim: int) -> AbstractDistribution:
-        # The default flow lives in the preconditioned coordinates, where the walkers are
-        # standardised: it starts near the identity there (see `samplers.adaptation`).
-        options = default_flow_options(self._flow_options)
-        return default_flow(jax.random.key(self._flow_seed), dim, **options)
 
     def __getstate__(self) -> dict:
         # Flows are stored by recipe and arrays, closures rebuilt on loading; a `model` kernel

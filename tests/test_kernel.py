@@ -136,6 +136,10 @@ def _potential(z):
         (dict(model=gauss_model, num_particles=1), "num_particles.*>= 2, got 1"),
         (dict(model=gauss_model, num_particles=8.0), "num_particles.*integer.*got 8.0"),
         (dict(model=gauss_model, num_local_steps=-1), "num_local_steps.*>= 0, got -1"),
+        (
+            dict(model=gauss_model, global_move="none", num_local_steps=0),
+            "never move.*global_move='none' and num_local_steps=0",
+        ),
         (dict(model=gauss_model, fit_every=0), "fit_every.*>= 1, got 0"),
         (dict(model=gauss_model, num_fit_steps=0), "num_fit_steps.*>= 1, got 0"),
         (dict(model=gauss_model, fit_batch_size=0), "fit_batch_size.*>= 1, got 0"),
@@ -213,6 +217,15 @@ def test_init_params_need_the_walker_axis():
     with pytest.raises(ValueError, match=r"num_chains=4; got a leaf of shape \(3,\)"):
         _mcmc(kernel, num_walkers=4).run(
             jax.random.key(0), init_params={"x": jnp.zeros((4, 2)), "y": jnp.zeros(3)}
+        )
+
+
+def test_integer_init_params_are_a_clear_error():
+    # Regression: "cond branches must have equal output types" from inside the round.
+    kernel = FlowMCKernel(potential_fn=_potential)
+    with pytest.raises(TypeError, match=r"expected floating-point values; got .* dtype int32"):
+        _mcmc(kernel, num_walkers=4).run(
+            jax.random.key(0), init_params={"x": jnp.arange(8).reshape(4, 2) % 3}
         )
 
 

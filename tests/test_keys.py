@@ -177,6 +177,19 @@ def test_kernel_state_holds_the_same_key_data_for_either_kind(mcmc_runs):
         typed_key(typed[0])  # a valid single key
 
 
+@pytest.mark.parametrize("impl", ["rbg", "unsafe_rbg"])
+def test_mcmc_runs_with_typed_keys_of_another_prng_implementation(impl):
+    # Regression: the state holds raw key data, which was re-wrapped as JAX's default
+    # implementation, so keys of shape (4,) crashed at the first iteration (NUTS takes them).
+    mcmc = _cheap_mcmc()
+    mcmc.run(jax.random.key(0, impl=impl))
+    assert mcmc.get_samples()["x"].shape[0] == 4 * 5
+    again = _cheap_mcmc()
+    again.run(jax.random.key(0, impl=impl))
+    assert leaves_equal(again.get_samples(), mcmc.get_samples())  # reproducible
+    assert str(jax.random.key_impl(typed_key(mcmc.last_state.rng_key[0], impl))) == impl
+
+
 # -- Training and sampling trained models --------------------------------------------------
 
 

@@ -13,9 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _targets import GAUSS_MEAN, gaussian_draws, two_sided_z
+from flowjax.bijections import Affine
 from flowjax.distributions import Normal
 from scipy import stats
 
+from numpyro_ebm import flows
 from numpyro_ebm._kernel_setup import _SCRATCH_ARRAYS_PER_PARTICLE
 from numpyro_ebm.flows import (
     default_flow,
@@ -400,6 +402,24 @@ def test_default_flow_log_prob_is_a_change_of_variables(dim):
     np.testing.assert_allclose(log_prob, expected, rtol=1e-4, atol=1e-4)
     # The perturbation made the map non-trivial (else the check above is vacuous).
     assert float(jnp.max(jnp.abs(log_abs_det - dim * jnp.log(2.0)))) > 1e-2
+
+
+@pytest.mark.parametrize(
+    ("transformer", "finite"), [("bounded", True), ("flowjax's softplus scale", False)]
+)
+def test_affine_coupling_densities_stay_finite_however_large_the_weights(
+    monkeypatch, transformer, finite
+):
+    # A fit can drive the conditioners' weights up (walkers narrowing 1000-fold): with
+    # flowjax's softplus scale the map became explosive and every point's log-density -inf
+    # (so every fit step after was skipped). The soft-clamped scale keeps it finite; the
+    # softplus one is the negative control.
+    if transformer != "bounded":
+        monkeypatch.setattr(flows, "bounded_affine", Affine)
+    params, static = split_flow(default_flow(jax.random.key(0), 2, transformer="affine"))
+    grid = jnp.stack(jnp.meshgrid(*2 * [jnp.linspace(-4.0, 4.0, 21)]), -1).reshape(-1, 2)
+    log_prob = merge_flow(jax.tree.map(lambda p: 100.0 * p, params), static).log_prob(grid)
+    assert bool(jnp.all(jnp.isfinite(log_prob))) == finite
 
 
 def test_fit_flow_lowers_the_held_out_loss_and_ignores_nonfinite_rows():
