@@ -44,10 +44,11 @@ def check_init_params(init_params: Any, num_walkers: int, *, from_model: bool) -
     """
     leaves = jax.tree.leaves(init_params)
     for leaf in leaves:
-        if not np.issubdtype(np.result_type(leaf), np.floating):
+        dtype = np.result_type(getattr(leaf, "dtype", leaf))
+        if not np.issubdtype(dtype, np.floating):
             raise TypeError(
                 "`init_params` are positions in the unconstrained space: expected floating-point"
-                f" values; got a leaf of dtype {np.result_type(leaf)} (convert it with "
+                f" values; got a leaf of dtype {dtype} (convert it with "
                 "`.astype(float)`)."
             )
         if np.ndim(leaf) == 0 or np.shape(leaf)[0] != num_walkers:

@@ -30,11 +30,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from numpyro_ebm._cli_parser import CONFIG_OPTIONS, build_parser, parse_set
 
 __all__ = ["FAST_SETTINGS", "main"]
 
@@ -56,144 +59,6 @@ FAST_SETTINGS: dict[str, Any] = dict(
 #: Evaluation settings (see :func:`numpyro_ebm.training.evaluate`), normal and ``--fast``.
 _EVALUATION = dict(num_chain_steps=200, num_flowmc_samples=200)
 _FAST_EVALUATION = dict(num_chain_steps=20, num_flowmc_samples=20)
-
-# Command-line option -> setting of the run or of its objective. Options left out keep the
-# default (or, with --resume, the saved setting).
-_CONFIG_OPTIONS = {
-    "sampler": "sampler",
-    "epochs": "num_epochs",
-    "seed": "seed",
-    "steps_per_epoch": "steps_per_epoch",
-    "walkers": "num_walkers",
-    "batch_size": "batch_size",
-    "lr": "learning_rate",
-    "flow_lr": "flow_learning_rate",
-    "l2": "l2_penalty",
-    "ema_decay": "ema_decay",
-    "base_scale": "base_scale",
-    "particles": "num_particles",
-    "local_steps": "num_local_steps",
-    "rounds": "num_rounds",
-    "global_move": "global_move",
-    "energy": "energy",
-    "width": "energy_width",
-    "depth": "energy_depth",
-    "checkpoint_every": "checkpoint_every",
-}
-
-
-def _parser() -> argparse.ArgumentParser:
-    from numpyro_ebm.training.negatives import NEGATIVE_SAMPLERS
-    from numpyro_ebm.training.objectives import OBJECTIVES
-
-    parser = argparse.ArgumentParser(
-        prog="numpyro-ebm",
-        description="Flow-assisted training and sampling of energy-based models (NumPyro).",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    train = commands.add_parser(
-        "train",
-        help="train a tilted EBM on a dataset",
-        description="Train p(x) ∝ exp(-E(x)) ρ(x) with persistent negatives and write DIR.",
-    )
-    train.add_argument("data", metavar="DATA", help="built-in dataset name, or .npy/.csv file")
-    train.add_argument("--out", required=True, metavar="DIR", help="run directory")
-    train.add_argument(
-        "--objective", choices=tuple(OBJECTIVES), help="training objective (default pcd)"
-    )
-    train.add_argument(
-        "--sampler", choices=NEGATIVE_SAMPLERS, help="pcd's negatives (default flowmc)"
-    )
-    train.add_argument("--epochs", type=int, help="epochs (default 10; 20 above 2-D)")
-    train.add_argument("--seed", type=int, help="seed (default 0)")
-    train.add_argument(
-        "--resume", action="store_true", help="continue from the last checkpoint in DIR"
-    )
-    train.add_argument("--fast", action="store_true", help="tiny run for CI and tests")
-    train.add_argument("--steps-per-epoch", type=int, help="EBM steps per epoch (default 200)")
-    train.add_argument(
-        "--walkers", type=int, help="persistent walkers (default 512; 128 above 2-D)"
-    )
-    train.add_argument(
-        "--batch-size", type=int, help="data points per step (default 256; 128 above 2-D)"
-    )
-    train.add_argument("--lr", type=float, help="energy learning rate (default 1e-3)")
-    train.add_argument("--flow-lr", type=float, help="flow learning rate (default 1e-3)")
-    train.add_argument("--l2", type=float, help="L2 penalty on energies (default 0)")
-    train.add_argument(
-        "--ema-decay", type=float, help="moving average of the energy (default 0.995; 0: off)"
-    )
-    train.add_argument("--base-scale", type=float, help="σ of ρ (default: data RMS)")
-    train.add_argument("--particles", type=int, help="i-SIR particles (default 32; 16 above 2-D)")
-    train.add_argument(
-        "--local-steps", type=int, help="MALA/ULA steps per round (default 5; 3 above 2-D)"
-    )
-    train.add_argument("--rounds", type=int, help="flowMC rounds per EBM step (default 1)")
-    train.add_argument("--global-move", choices=("isir", "imh"), help="flow move (default isir)")
-    train.add_argument(
-        "--energy",
-        choices=("mlp", "conv"),
-        help="energy network (default mlp; conv: square images)",
-    )
-    train.add_argument(
-        "--width", type=int, help="mlp energy hidden width (default 64; 128 above 2-D)"
-    )
-    train.add_argument("--depth", type=int, help="mlp energy hidden layers (default 3)")
-    train.add_argument(
-        "--checkpoint-every", type=int, help="steps between checkpoints (default: every epoch)"
-    )
-    train.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="any setting of the run or its objective (VALUE read as JSON, else a string)",
-    )
-    train.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-
-    sample = commands.add_parser(
-        "sample",
-        help="sample a trained model with FlowMCKernel",
-        description="Sample DIR's model; write DIR/samples.npy and DIR/summary.csv.",
-    )
-    sample.add_argument("run_dir", metavar="DIR", help="run directory of `numpyro-ebm train`")
-    sample.add_argument("--num-samples", type=int, required=True, help="draws per chain")
-    sample.add_argument("--num-chains", type=int, default=64, help="chains (default 64)")
-    sample.add_argument("--num-warmup", type=int, default=200, help="warm-up (default 200)")
-    sample.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    sample.add_argument("--out", metavar="OUT", help="write here instead of DIR")
-    sample.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-
-    evaluate = commands.add_parser(
-        "evaluate",
-        help="held-out log-likelihood of a trained model",
-        description="Estimate log Z of DIR's model and the mean log-likelihood of held-out data.",
-    )
-    evaluate.add_argument("run_dir", metavar="DIR", help="run directory of `numpyro-ebm train`")
-    evaluate.add_argument(
-        "--data", required=True, help=".npy/.csv file (raw units), or a built-in's test split"
-    )
-    evaluate.add_argument("--out", metavar="FILE", help="also write the results as JSON")
-    evaluate.add_argument(
-        "--num-samples", type=int, default=16_384, help="importance draws (default 16384)"
-    )
-    evaluate.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    return parser
-
-
-def _parse_set(assignments: Sequence[str]) -> dict[str, Any]:
-    """``["name=value", ...]`` -> ``{name: value}``; a value is JSON if it parses, else text."""
-    settings = {}
-    for assignment in assignments:
-        name, equals, text = assignment.partition("=")
-        if not equals or not name:
-            raise ValueError(f"expected --set NAME=VALUE, got {assignment!r}")
-        try:
-            settings[name.replace("-", "_")] = json.loads(text)
-        except json.JSONDecodeError:
-            settings[name.replace("-", "_")] = text
-    return settings
 
 
 def _train_config(args: argparse.Namespace):
@@ -218,19 +83,40 @@ def _train_config(args: argparse.Namespace):
             config = config.with_settings(strict=False, **FAST_SETTINGS)
     given = {
         field: getattr(args, option)
-        for option, field in _CONFIG_OPTIONS.items()
+        for option, field in CONFIG_OPTIONS.items()
         if getattr(args, option) is not None
     }
-    return config.with_settings(**given, **_parse_set(args.set))
+    return config.with_settings(**given, **parse_set(args.set))
+
+
+def _check_writable(path: str, option: str, *, directory: bool) -> Path:
+    """Fail before any work if ``path`` cannot be written as a directory (or as a file).
+
+    Raises:
+        ValueError: Naming the option, the path and what is in the way.
+    """
+    path = Path(path)
+    kind = "directory" if directory else "file"
+    if path.exists() and path.is_dir() != directory:
+        raise ValueError(f"expected {option} to name a {kind}, got {str(path)!r}, which is not")
+    existing = next(parent for parent in (path, *path.parents) if parent.exists())
+    if existing != path and not existing.is_dir():
+        raise ValueError(
+            f"expected {option} to name a {kind} that can be created, got {str(path)!r}: "
+            f"{str(existing)!r} is a file"
+        )
+    if not os.access(existing if existing.is_dir() else existing.parent, os.W_OK):
+        raise ValueError(f"expected {option} to be writable, got {str(path)!r}, which is not")
+    return path
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from numpyro_ebm.training import evaluate, save_model, train
+    from numpyro_ebm.training import evaluate, save_result, train
     from numpyro_ebm.training.checkpoint import write_json
     from numpyro_ebm.training.figures import write_figures
 
     start = time.perf_counter()
-    out = Path(args.out)
+    out = _check_writable(args.out, "--out", directory=True)
     config = _train_config(args)
     result = train(
         args.data, config, out_dir=out, resume=args.resume, progress_bar=not args.no_progress
@@ -241,19 +127,7 @@ def _run_train(args: argparse.Namespace) -> int:
         result = result._replace(state=best, energy=trainer.energy(best), flow=trainer.flow(best))
     evaluation = _FAST_EVALUATION if args.fast else _EVALUATION
     metrics = evaluate(result, **evaluation, progress_bar=not args.no_progress)
-    negatives = trainer.negatives(result.state)
-    save_model(
-        out,
-        result.energy,
-        trainer.base_scale,
-        flow=result.flow,
-        negatives=negatives,
-        extra={
-            "dataset": trainer.dataset_spec,
-            "objective": config.objective.to_dict(),
-            "preprocessing": trainer.preprocessing.to_dict(),
-        },
-    )
+    save_result(out, result)
 
     plots_start = time.perf_counter()
     figures = write_figures(result, out)
@@ -299,14 +173,8 @@ def _method_name(objective) -> str:
 def _run_sample(args: argparse.Namespace) -> int:
     from numpyro_ebm.training import sample_run
 
-    for name in ("num_samples", "num_chains"):
-        if getattr(args, name) < (2 if name == "num_chains" else 1):
-            raise ValueError(
-                f"expected --{name.replace('_', '-')} >= {2 if name == 'num_chains' else 1}, "
-                f"got {getattr(args, name)}"
-            )
-    if args.num_warmup < 0:
-        raise ValueError(f"expected --num-warmup >= 0, got {args.num_warmup}")
+    if args.out is not None:  # checked before the run, not after it
+        _check_writable(args.out, "--out", directory=True)
     samples_path, summary_path = sample_run(
         args.run_dir,
         num_samples=args.num_samples,
@@ -329,6 +197,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from numpyro_ebm.training.heldout import heldout_metrics
     from numpyro_ebm.training.model_io import saved_preprocessing
 
+    if args.out:
+        _check_writable(args.out, "--out", directory=False)
     model = load_model(args.run_dir)
     dataset = get_dataset(args.data)
     points = dataset.data if dataset.test_data is None else dataset.test_data
@@ -361,13 +231,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: Arguments without the program name; ``sys.argv[1:]`` by default.
 
     Returns:
-        The exit status: 0 on success, 2 for bad input (reported on stderr).
+        The exit status: 0 on success, 2 for bad input or an unusable path (reported on
+        stderr), 130 when interrupted (Ctrl-C; a training run resumes from its checkpoint).
     """
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         commands = {"train": _run_train, "sample": _run_sample, "evaluate": _run_evaluate}
         return commands[args.command](args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # bad input, or a path that cannot be read/written
         print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = " (continue with --resume)" if args.command == "train" else ""
+        print(f"{parser.prog} {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130

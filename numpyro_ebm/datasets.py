@@ -52,6 +52,7 @@ from numpyro_ebm._densities import GaussianMixture, Rings
 from numpyro_ebm.data_files import SUPPORTED_SUFFIXES, load_data, validate_data
 
 __all__ = [
+    "ARRAY_DATASET_NAME",
     "DATASET_KINDS",
     "Dataset",
     "get_dataset",
@@ -213,6 +214,8 @@ _BUILTINS: dict[str, Callable[[], Dataset]] = {
 #: What :func:`list_datasets` filters on: every built-in, those with a known density, or the
 #: real datasets of :mod:`numpyro_ebm.real_datasets`.
 DATASET_KINDS = ("all", "density", "real")
+#: Name of a dataset given to :func:`get_dataset` (and so to ``train``) as an array of points.
+ARRAY_DATASET_NAME = "array"
 
 
 def _real_builders() -> dict[str, Callable[[], Dataset]]:
@@ -311,11 +314,12 @@ def samples_dataset(
     )
 
 
-def get_dataset(name_or_path: str | os.PathLike) -> Dataset:
-    """Build a built-in dataset by name, or read one from a ``.npy`` / ``.csv`` file.
+def get_dataset(name_or_path: str | os.PathLike | np.ndarray | jax.Array | Dataset) -> Dataset:
+    """Build a built-in dataset by name, read one from a ``.npy`` / ``.csv`` file, or wrap points.
 
     Args:
-        name_or_path: One of :func:`list_datasets`, or the path of a data file.
+        name_or_path: One of :func:`list_datasets`, the path of a data file, an array of
+            points ``(n, d)`` in raw units (named ``"array"``), or a dataset (returned as is).
 
     Returns:
         The dataset. A built-in with a known density has exact ``log_prob`` and ``sample``; a real
@@ -323,7 +327,8 @@ def get_dataset(name_or_path: str | os.PathLike) -> Dataset:
 
     Raises:
         ValueError: If the name is neither a built-in nor a path with a supported extension, or
-            the file's data is invalid.
+            the file's (or array's) data is invalid.
+        TypeError: If ``name_or_path`` is none of these kinds.
         FileNotFoundError: If a path with a supported extension does not exist.
         ImportError: If the name is a real dataset and scikit-learn is not installed.
 
@@ -333,6 +338,15 @@ def get_dataset(name_or_path: str | os.PathLike) -> Dataset:
         >>> x.shape, ds.log_prob(x).shape
         ((3, 2), (3,))
     """
+    if isinstance(name_or_path, Dataset):
+        return name_or_path
+    if isinstance(name_or_path, np.ndarray | jax.Array):
+        return samples_dataset(ARRAY_DATASET_NAME, np.asarray(name_or_path))
+    if not isinstance(name_or_path, str | os.PathLike):
+        raise TypeError(
+            "expected a built-in dataset name, a data file path, an array of points (n, d) or "
+            f"a Dataset, got {type(name_or_path).__name__}"
+        )
     if isinstance(name_or_path, str) and name_or_path in _BUILTINS:
         return _BUILTINS[name_or_path]()
     if isinstance(name_or_path, str) and name_or_path in _real_builders():

@@ -181,11 +181,15 @@ TRAINER_SETTINGS = dict(
 
 
 def assert_same_run(full, resumed):
-    """The same final state (every leaf, exactly) and history (but for wall-clock times)."""
+    """The same final state (every leaf, exactly) and history (but for wall-clock times; a
+    NaN metric, such as a flowless sampler's ``flow_loss``, equals NaN)."""
     assert leaves_equal(full.state, resumed.state)
 
     def without_times(history):
-        return [{k: v for k, v in entry.items() if k != "time_s"} for entry in history]
+        return [
+            {k: "NaN" if v != v else v for k, v in entry.items() if k != "time_s"}
+            for entry in history
+        ]
 
     assert without_times(resumed.history) == without_times(full.history)
 

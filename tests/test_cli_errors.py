@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from numpyro_ebm.cli import main
+from numpyro_ebm.training import TrainConfig, load_model, train
+from numpyro_ebm.training.checkpoint import write_json
 
 DATA = "two-modes-2to1"
 
@@ -170,3 +172,69 @@ def test_sample_with_a_damaged_model_json(run, capsys, damage, what):
 def test_sample_with_a_damaged_model_file(run, capsys, name, damage, what):
     damage(run / name)
     _fails_cleanly(_sample(run), run, capsys, run / name, what)
+
+
+# -- output paths, a new run in an old directory, interruptions -----------------------------
+
+
+def test_a_new_run_removes_the_earlier_runs_model_first(run):
+    """Killed before it writes its own model, a new run must not leave the old one behind."""
+    assert {"model.json", "model.eqx", "negatives.npy", "report.json"} <= set(_snapshot(run))
+    config = TrainConfig("pcd", num_epochs=1, steps_per_epoch=2, batch_size=16)
+    config = config.with_settings(sampler="ula", num_walkers=16, energy_width=8)
+    with pytest.warns(
+        UserWarning, match=r"removing the earlier run's checkpoints \(1\) and outputs \(\d+ files"
+    ):
+        train(DATA, config, out_dir=run, progress_bar=False)  # writes no model, as if killed
+    assert {path.name for path in run.iterdir() if path.is_file()} == {"settings.json"}
+    with pytest.raises(FileNotFoundError, match="trained model"):
+        load_model(run)
+
+
+def test_output_paths_in_the_way_fail_before_any_work(run, tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "mine.txt"
+    blocker.write_text("mine")
+    before = _snapshot(run)
+
+    def fails_before_work(args, what):
+        capsys.readouterr()
+        assert main([*args, "--no-progress"] if args[0] != "evaluate" else args) == 2
+        err = capsys.readouterr().err
+        assert what in err and "Traceback" not in err, err
+
+    train_args = ["train", DATA, "--fast", "--out"]
+    fails_before_work([*train_args, str(blocker)], "--out to name a directory")
+    fails_before_work([*train_args, str(blocker / "run")], f"{str(blocker)!r} is a file")
+    # `sample` checks --out before its MCMC run, not after it.
+    monkeypatch.setattr("numpyro_ebm.training.sample_run", lambda *a, **k: pytest.fail("ran"))
+    fails_before_work([*_sample(run)[:-1], "--out", str(blocker)], "--out to name a directory")
+    evaluate = ["evaluate", str(run), "--data", DATA, "--num-samples", "8", "--out"]
+    fails_before_work([*evaluate, str(tmp_path)], "--out to name a file")
+    assert blocker.read_text() == "mine"
+    assert _snapshot(run) == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["mine.txt", "run"]
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path):
+    target = tmp_path / "report.json"
+    target.mkdir()  # in the way of the rename
+    with pytest.raises(IsADirectoryError):
+        write_json(target, {"a": 1})
+    assert [path.name for path in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_negative_seeds_and_counts_are_usage_errors(run, capsys):
+    for option, value, minimum in (("--seed", "-1", 0), ("--num-chains", "1", 2)):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*_sample(run), option, value])
+        assert exit_info.value.code == 2
+        assert f"expected an integer >= {minimum}, got {value}" in capsys.readouterr().err
+
+
+def test_ctrl_c_is_a_one_line_message_not_a_traceback(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("numpyro_ebm.training.train", interrupted)
+    assert main(["train", DATA, "--fast", "--out", str(tmp_path / "run")]) == 130
+    assert capsys.readouterr().err == "numpyro-ebm train: interrupted (continue with --resume)\n"

@@ -325,6 +325,7 @@ def test_file_dataset_trains(tmp_path):
         ({"learning_rate": -1.0}, "learning_rate"),
         ({"ema_decay": 1.0}, "ema_decay"),
         ({"batch_size": 2.5}, "batch_size"),
+        ({"validation_samples": 1}, "validation_samples"),
     ],
 )
 def test_config_validation(changes, match):

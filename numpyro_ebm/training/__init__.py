@@ -11,7 +11,7 @@
   history, checkpoints, exact resume).
 - :mod:`~numpyro_ebm.training.evaluation`: the report's metrics.
 - :mod:`~numpyro_ebm.training.model_io` and :mod:`~numpyro_ebm.training.sampling`: saving a
-  trained model, :func:`load_energy`, and sampling it with ``FlowMCKernel``.
+  trained model (:func:`save_result`), :func:`load_energy`, and sampling it with ``FlowMCKernel``.
 - :mod:`~numpyro_ebm.training.energy_specs`: which energy network a run trains (``mlp``,
   ``conv`` or a module of the user's) and the JSON spec that rebuilds a saved one.
 - :mod:`~numpyro_ebm.training.run_dir` and :mod:`~numpyro_ebm.training.run_files`: writing a
@@ -26,7 +26,13 @@ from numpyro_ebm.training.checkpoint import load_checkpoint, save_checkpoint
 from numpyro_ebm.training.config import TrainConfig
 from numpyro_ebm.training.entry import train
 from numpyro_ebm.training.evaluation import evaluate
-from numpyro_ebm.training.model_io import TrainedModel, load_energy, load_model, save_model
+from numpyro_ebm.training.model_io import (
+    TrainedModel,
+    load_energy,
+    load_model,
+    save_model,
+    save_result,
+)
 from numpyro_ebm.training.negatives import (
     NEGATIVE_SAMPLERS,
     NegativeInfo,
@@ -88,6 +94,7 @@ __all__ = [
     "sample_run",
     "save_checkpoint",
     "save_model",
+    "save_result",
     "train",
     "train_step",
     "ula_sampler",

@@ -77,8 +77,13 @@ def _write_atomically(path: Path, write) -> None:
     if not is_main_process():
         return
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:  # a failed or interrupted write leaves no debris
+        if tmp.is_file():
+            tmp.unlink()
+        raise
 
 
 def save_checkpoint(path: str | os.PathLike, tree: Any) -> Path:

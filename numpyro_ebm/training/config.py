@@ -114,9 +114,9 @@ class TrainConfig:
             "energy_depth",
             "num_data",
             "validate_every",
-            "validation_samples",
         ):
             positive_int(name, getattr(self, name), 1)
+        positive_int("validation_samples", self.validation_samples, 2)  # a log Z's std. error
         positive_int("grid_points", self.grid_points, 2)
         positive_int("seed", self.seed, 0)
         if self.devices is not None:

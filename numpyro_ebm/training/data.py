@@ -80,7 +80,8 @@ def training_data(
     """Resolve ``dataset``, split it, fit its preprocessing, and choose σ.
 
     Args:
-        dataset: A :class:`~numpyro_ebm.datasets.Dataset`, a built-in name, or a data file path.
+        dataset: A :class:`~numpyro_ebm.datasets.Dataset`, a built-in name, a data file path,
+            or an array of points ``(n, d)`` in raw units.
         rng_key: Key of the draws of a dataset given by its distribution, of the split and of
             the dequantisation noise.
         num_data: Points drawn from a dataset given by its distribution (file data is used as
@@ -101,10 +102,9 @@ def training_data(
         ('two-modes-2to1', (100, 2), True, None)
     """
     rng_key = typed_key(rng_key)
-    if isinstance(dataset, Dataset):
-        spec = dataset.name
-    else:
-        dataset, spec = get_dataset(dataset), str(dataset)
+    spec = str(dataset) if isinstance(dataset, str | os.PathLike) else None
+    dataset = get_dataset(dataset)
+    spec = dataset.name if spec is None else spec
     key_split, key_train, key_validation = (jax.random.fold_in(rng_key, i) for i in (1, 2, 3))
     if dataset.data is None:
         raw = np.asarray(dataset.sample(rng_key, num_data), dtype=np.float32)
@@ -125,6 +125,11 @@ def training_data(
         validation = jnp.asarray(preprocessing.transform(raw_validation, key_validation))
     if base_scale is None:
         base_scale = float(np.sqrt(np.mean(np.square(data, dtype=np.float64))))
+        if not base_scale > 0:
+            raise ValueError(
+                f"expected training data that varies, got {len(raw)} training points of "
+                f"{spec!r} that are all the same point: there is no density to learn"
+            )
     return TrainingData(
         dataset, spec, jnp.asarray(data), float(base_scale), preprocessing, validation
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 import equinox as eqx
+import jax
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
@@ -17,7 +19,7 @@ __all__ = ["train"]
 
 
 def train(
-    dataset: Dataset | str | os.PathLike,
+    dataset: Dataset | str | os.PathLike | np.ndarray | jax.Array,
     config: TrainConfig | None = None,
     *,
     out_dir: str | os.PathLike | None = None,
@@ -30,7 +32,7 @@ def train(
     """Train a tilted EBM on ``dataset`` (see :class:`Trainer` and :meth:`Trainer.fit`).
 
     Args:
-        dataset: A dataset, a built-in name or a data file path.
+        dataset: A dataset, a built-in name, a data file path or an array ``(n, d)``.
         config: Settings; ``TrainConfig.for_dimension(d)`` for the data's d by default.
         out_dir: Directory for settings and checkpoints, or ``None``.
         resume: Continue from the last checkpoint in ``out_dir``.

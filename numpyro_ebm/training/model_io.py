@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -34,7 +34,17 @@ from numpyro_ebm.training.checkpoint import load_checkpoint, save_checkpoint, wr
 from numpyro_ebm.training.energy_specs import energy_from_spec, energy_spec
 from numpyro_ebm.training.run_files import read_model_settings, read_negatives
 
-__all__ = ["TrainedModel", "load_energy", "load_model", "save_model", "saved_preprocessing"]
+if TYPE_CHECKING:
+    from numpyro_ebm.training.step import TrainResult
+
+__all__ = [
+    "TrainedModel",
+    "load_energy",
+    "load_model",
+    "save_model",
+    "save_result",
+    "saved_preprocessing",
+]
 
 MODEL_FILE = "model.eqx"
 MODEL_SETTINGS_FILE = "model.json"
@@ -76,10 +86,11 @@ def save_model(
     *,
     flow: AbstractDistribution | None = None,
     negatives: jax.Array | None = None,
+    preprocessing: Preprocessing | None = None,
     extra: dict[str, Any] | None = None,
     dim: int | None = None,
 ) -> Path:
-    """Write a trained model to ``out_dir``.
+    """Write a trained model to ``out_dir`` (:func:`save_result` writes a training result's).
 
     Args:
         out_dir: Run directory (created if needed).
@@ -90,6 +101,9 @@ def save_model(
         flow: The trained flow (the default flow of :func:`~numpyro_ebm.flows.default_flow`
             started at ``loc=0, scale=base_scale``), or ``None``.
         negatives: Final walkers to store, or ``None``.
+        preprocessing: The map from raw data to the model's coordinates
+            (``trainer.preprocessing``); ``None`` for a model of the raw data itself. Without
+            it, :func:`load_energy` of a model trained on standardised data is wrong.
         extra: More JSON-serialisable entries for ``model.json``.
         dim: Dimension of a point; by default ``energy.dim``, else that of ``negatives``.
 
@@ -118,6 +132,13 @@ def save_model(
             "and neither `dim` nor `negatives`"
         )
     check_energy(energy, dim)
+    if preprocessing is None:
+        preprocessing = Preprocessing.identity(dim)
+    if preprocessing.dim != dim:
+        raise ValueError(
+            f"expected a preprocessing of points of dimension {dim}, got one of dimension "
+            f"{preprocessing.dim}"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {
@@ -125,6 +146,7 @@ def save_model(
         "base_scale": float(base_scale),
         "energy": energy_spec(energy),
         "has_flow": flow is not None,
+        "preprocessing": preprocessing.to_dict(),
         **(extra or {}),
     }
     arrays = {
@@ -136,6 +158,44 @@ def save_model(
         np.save(out_dir / NEGATIVES_FILE, np.asarray(negatives), allow_pickle=False)
     write_json(out_dir / MODEL_SETTINGS_FILE, settings)
     return out_dir
+
+
+def save_result(out_dir: str | os.PathLike, result: TrainResult) -> Path:
+    """Write the model of a training result to ``out_dir``, as ``numpyro-ebm train`` does.
+
+    Everything :func:`load_energy` and :func:`~numpyro_ebm.training.sample_run` need goes
+    with it: the energy, σ, the flow, the final walkers, the preprocessing of the data, the
+    dataset's name and the objective's settings.
+
+    Args:
+        out_dir: Run directory (created if needed).
+        result: What :meth:`~numpyro_ebm.training.Trainer.fit` returned (its ``state``,
+            ``energy`` and ``flow`` are saved: replace them to save another state's).
+
+    Returns:
+        The directory.
+
+    Example:
+        >>> import tempfile, numpy as np
+        >>> from numpyro_ebm.training import TrainConfig, train
+        >>> config = TrainConfig("dsm", num_epochs=1, steps_per_epoch=2, batch_size=8,
+        ...                      energy_width=4, energy_depth=1)
+        >>> points = np.random.default_rng(0).normal(1e3, 5.0, size=(64, 2))  # raw units
+        >>> out = save_result(tempfile.mkdtemp(), train(points, config, progress_bar=False))
+        >>> load_energy(out)(points[:3]).shape
+        (3,)
+    """
+    trainer = result.trainer
+    return save_model(
+        out_dir,
+        result.energy,
+        trainer.base_scale,
+        flow=result.flow,
+        negatives=trainer.negatives(result.state),
+        preprocessing=trainer.preprocessing,
+        extra={"dataset": trainer.dataset_spec, "objective": trainer.config.objective.to_dict()},
+        dim=trainer.dim,
+    )
 
 
 def load_model(out_dir: str | os.PathLike, energy: eqx.Module | None = None) -> TrainedModel:
@@ -200,6 +260,8 @@ def load_energy(
     ``x``, in the units of the data the run was trained on: ``z`` is ``x`` mapped by the run's
     preprocessing (standardisation; no dequantisation noise is added), and the constant
     Jacobian term makes ``exp(-energy)`` a density on raw units (its integral is the same Z).
+    Concrete points are standardised in float64 (raw units may be large and finely resolved);
+    traced ones, as inside a jitted function or a NumPyro model, in their own dtype.
 
     Args:
         out_dir: Run directory of ``numpyro-ebm train`` (or of :func:`save_model`).
@@ -220,17 +282,16 @@ def load_energy(
         True
     """
     model = load_model(out_dir, energy)
-    tilted = jax.vmap(TiltedEnergy(model.energy, model.base_scale))
+    tilted = jax.jit(jax.vmap(TiltedEnergy(model.energy, model.base_scale)))
     prep = saved_preprocessing(model.settings)
-    shift, scale = jnp.asarray(prep.shift, jnp.float32), jnp.asarray(prep.scale, jnp.float32)
-    total = jax.jit(lambda x: tilted((x - shift) / scale) - prep.log_det_jacobian)
     dim = int(model.settings["dim"])
 
     def total_energy(x: jax.Array) -> jax.Array:
-        x = jnp.asarray(x)
+        if not isinstance(x, jax.core.Tracer):  # concrete points: standardise in float64,
+            x = np.asarray(x, dtype=np.float64)  # raw units may be large and finely resolved
         if x.ndim != 2 or x.shape[1] != dim:
             raise ValueError(f"expected points of shape (n, {dim}), got shape {x.shape}")
-        return total(x)
+        return tilted(jnp.asarray((x - prep.shift) / prep.scale)) - prep.log_det_jacobian
 
     return total_energy
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from numpyro_ebm.training.checkpoint import (
     checkpoint_paths,
@@ -19,15 +21,21 @@ from numpyro_ebm.training.checkpoint import (
     write_json,
 )
 from numpyro_ebm.training.mesh import is_main_process
-from numpyro_ebm.training.run_files import read_checkpoint_meta, read_run_settings
+from numpyro_ebm.training.run_files import (
+    read_checkpoint_meta,
+    read_run_settings,
+    read_traced_paths,
+)
 
 __all__ = [
     "BEST_CHECKPOINT_DIR",
     "CHECKPOINT_DIR",
+    "RUN_OUTPUTS",
     "SETTINGS_FILE",
+    "RunStart",
     "check_saved_settings",
     "open_run",
-    "clear_checkpoints",
+    "clear_run",
     "restore_checkpoint",
     "save_training_checkpoint",
 ]
@@ -40,6 +48,55 @@ BEST_CHECKPOINT_DIR = "best_checkpoint"
 #: Settings that may differ between a run and its resumption (they do not change any step).
 #: ``devices`` among them: a checkpoint holds whole arrays, re-split on the resuming mesh.
 RESUMABLE_CHANGES = ("num_epochs", "patience", "devices")
+#: What the end of a run (``numpyro-ebm train``, ``sample``) writes beside the checkpoints: the
+#: trained model first (``model.json`` says a model is there), its report, figures and draws.
+#: A new run removes them, so that an interrupted new run is never read as the earlier model.
+RUN_OUTPUTS = (
+    "model.json",
+    "model.eqx",
+    "negatives.npy",
+    "report.json",
+    "energy.png",
+    "samples.png",
+    "images.png",
+    "mode_weights.png",
+    "training.png",
+    "samples.npy",
+    "summary.csv",
+)
+#: Settings of a run's data that a resumed run must share: the same path with other data in it
+#: gives another preprocessing, σ or dimension.
+_DATA_SETTINGS = ("dataset", "dim", "base_scale", "preprocessing")
+
+
+class RunStart(NamedTuple):
+    """Where a run starts: a new run's state, or what its latest checkpoint holds.
+
+    Attributes:
+        state: The training state.
+        history: Per-epoch entries so far.
+        partial: Per-step metrics of the unfinished epoch.
+        paths: The unfinished epoch's traced negatives (chunks of ``(steps, walkers, d)``),
+            from which its ``negatives_rhat`` is computed.
+        best_state: The state of the best validation so far, or ``None``.
+    """
+
+    state: Any
+    history: list[dict[str, Any]]
+    partial: dict[str, list[float]]
+    paths: list[np.ndarray]
+    best_state: Any = None
+
+
+def _paths_file(path: Path) -> Path:
+    """Where the unfinished epoch's traced negatives of checkpoint ``path`` are kept."""
+    return path.with_suffix(".paths.npy")
+
+
+def _remove_checkpoint(path: Path) -> None:
+    """Remove a checkpoint's files, its JSON (what makes it count) first."""
+    for file in (path.with_suffix(".json"), _paths_file(path), path):
+        file.unlink(missing_ok=True)
 
 
 def check_saved_settings(out_dir: Path, current: dict[str, Any]) -> None:
@@ -63,9 +120,11 @@ def check_saved_settings(out_dir: Path, current: dict[str, Any]) -> None:
         return
     saved, saved_config = read_run_settings(path)
     differences = []
-    for name in ("dataset", "energy"):  # a run of an earlier release records no energy spec
+    for name in (*_DATA_SETTINGS, "energy"):  # runs of earlier releases record fewer
         if name in saved and saved[name] != current[name]:
-            differences.append(f"{name}: saved {saved[name]!r}, given {current[name]!r}")
+            differences.append(
+                f"{name}: saved {_short(saved[name])}, given {_short(current[name])}"
+            )
     # Compare through TrainConfig so that settings written by an older release still match.
     saved_settings = saved_config.to_dict()
     for name, value in current["config"].items():
@@ -78,21 +137,33 @@ def check_saved_settings(out_dir: Path, current: dict[str, Any]) -> None:
         )
 
 
-def clear_checkpoints(out_dir: Path) -> None:
-    """Remove the checkpoints of an earlier run in ``out_dir``, with a warning (main process)."""
+def _short(value: Any, limit: int = 120) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a preprocessing lists d numbers twice)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def clear_run(out_dir: Path) -> None:
+    """Remove an earlier run's checkpoints and outputs from ``out_dir`` (main process).
+
+    Warns when there was a run to remove.
+    """
     if not is_main_process():
         return
     old = checkpoint_paths(out_dir / CHECKPOINT_DIR)
     best = checkpoint_paths(out_dir / BEST_CHECKPOINT_DIR)
-    if old:
+    outputs = [out_dir / name for name in RUN_OUTPUTS if (out_dir / name).is_file()]
+    if old or outputs:
         warnings.warn(
-            f"starting a new run in {str(out_dir)!r}: removing its {len(old)} checkpoints "
-            "(pass resume=True to continue it instead)",
+            f"starting a new run in {str(out_dir)!r}: removing the earlier run's checkpoints "
+            f"({len(old)}) and outputs ({len(outputs)} files: model, report, figures, draws); "
+            "pass resume=True to continue it instead",
             stacklevel=4,
         )
-    for _, path in old + best:
+    for path in outputs:
         path.unlink()
-        path.with_suffix(".json").unlink(missing_ok=True)
+    for _, path in old + best:
+        _remove_checkpoint(path)
 
 
 def save_training_checkpoint(
@@ -102,6 +173,7 @@ def save_training_checkpoint(
     history: list[dict[str, Any]],
     partial: dict[str, list[float]],
     keep_checkpoints: int,
+    paths: list[np.ndarray] = (),
 ) -> Path:
     """Write the state and history at ``step``; keep the ``keep_checkpoints`` latest.
 
@@ -112,39 +184,44 @@ def save_training_checkpoint(
         history: Per-epoch entries so far.
         partial: Per-step metrics of the unfinished epoch.
         keep_checkpoints: Most recent checkpoints kept.
+        paths: The unfinished epoch's traced negatives, so that a run resumed mid-epoch
+            reports that epoch's ``negatives_rhat`` as an uninterrupted one does.
 
     Returns:
         The state's path.
     """
     path = checkpoint_dir / f"step_{step:08d}.eqx"
     save_checkpoint(path, state)
-    # The JSON is written last: a checkpoint counts only once both files exist.
+    if len(paths) and is_main_process():
+        np.save(_paths_file(path), np.concatenate(paths), allow_pickle=False)
+    # The JSON is written last: a checkpoint counts only once it exists.
     write_json(
         path.with_suffix(".json"), {"step": step, "history": history, "partial_epoch": partial}
     )
     stale = checkpoint_paths(checkpoint_dir)[:-keep_checkpoints] if is_main_process() else []
     for _, old in stale:
-        old.with_suffix(".json").unlink(missing_ok=True)
-        old.unlink(missing_ok=True)
+        _remove_checkpoint(old)
     return path
 
 
 def restore_checkpoint(
-    out_dir: Path, template: Any, folder: str = CHECKPOINT_DIR
-) -> tuple[Any, list[dict[str, Any]], dict[str, list[float]]] | None:
-    """The latest checkpoint of ``out_dir``: ``(state, history, partial epoch)``, or ``None``.
+    out_dir: Path, template: Any, folder: str = CHECKPOINT_DIR, *, dim: int = 0
+) -> RunStart | None:
+    """The latest checkpoint of ``out_dir``, or ``None``.
 
     Args:
         out_dir: The run directory.
         template: A state of the run's structure (:meth:`Trainer.init_state`).
         folder: The checkpoint folder (:data:`BEST_CHECKPOINT_DIR` for the best validation).
+        dim: The model's dimension (of the traced negatives kept with the checkpoint).
 
     Returns:
-        The state and the history saved with it, or ``None`` (with a warning) when the run has
-        no checkpoint.
+        The state and what was saved with it (no ``best_state``), or ``None`` (with a warning)
+        when the run has no checkpoint.
 
     Raises:
-        ValueError: If the checkpoint's state is not at the step its name says.
+        ValueError: If the checkpoint's state is not at the step its name says, or its traced
+            negatives are damaged.
     """
     checkpoint_dir = out_dir / folder
     found = latest_checkpoint(checkpoint_dir)
@@ -164,7 +241,9 @@ def restore_checkpoint(
             f"{path}: expected a checkpoint at step {saved_step}, "
             f"got a state at step {int(state.step)}"
         )
-    return state, meta["history"], meta["partial_epoch"]
+    paths_file = _paths_file(path)
+    paths = [read_traced_paths(paths_file, dim)] if paths_file.exists() else []
+    return RunStart(state, meta["history"], meta["partial_epoch"], paths)
 
 
 def open_run(
@@ -174,38 +253,38 @@ def open_run(
     settings_to_write: dict[str, Any],
     *,
     resume: bool,
-) -> tuple[Any, list[dict[str, Any]], dict[str, list[float]], Any]:
+) -> RunStart:
     """Start or resume a run in ``out_dir``: what the trainer's loop starts from.
 
     Everything is read and checked before anything is written, so a failed call leaves the
-    run directory as it was. A new run clears the directory's checkpoints; both write
-    ``settings.json``.
+    run directory as it was. A new run clears the directory's checkpoints and outputs; both
+    write ``settings.json``.
 
     Args:
         out_dir: The run directory, or ``None`` to keep nothing on disk.
         state: The state to start from (also the template of a checkpoint's structure).
-        settings: The run's settings, compared with the saved ones when resuming.
+        settings: The run's settings (with its ``dim``), compared with the saved ones when
+            resuming.
         settings_to_write: The settings to write (``num_epochs`` may differ).
         resume: Continue from the last checkpoint in ``out_dir``.
 
     Returns:
-        ``(state, history, partial epoch, best state or None)``.
+        The given state with an empty history, or the latest checkpoint's.
 
     Raises:
         ValueError: If ``resume`` is asked without ``out_dir``, or the saved settings differ.
     """
     if resume and out_dir is None:
         raise ValueError("expected `out_dir` to resume from, got None")
-    history, partial, best_state = [], {}, None
+    start = RunStart(state, [], {}, [])
     if resume:
         check_saved_settings(out_dir, settings)
-        restored = restore_checkpoint(out_dir, state)
+        restored = restore_checkpoint(out_dir, state, dim=settings["dim"])
         if restored is not None:
-            state, history, partial = restored
-            best = restore_checkpoint(out_dir, state, BEST_CHECKPOINT_DIR)
-            best_state = None if best is None else best[0]
+            best = restore_checkpoint(out_dir, state, BEST_CHECKPOINT_DIR, dim=settings["dim"])
+            start = restored._replace(best_state=None if best is None else best.state)
     if out_dir is not None:
         if not resume:
-            clear_checkpoints(out_dir)
+            clear_run(out_dir)
         write_json(out_dir / SETTINGS_FILE, settings_to_write)
-    return state, history, partial, best_state
+    return start

@@ -185,14 +185,7 @@ def read_negatives(path: str | os.PathLike, dim: int) -> np.ndarray:
         ValueError: ``<file>: <what is wrong>``.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        negatives = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
-        raise ValueError(f"{path}: not a readable .npy array ({error})") from error
-    if not isinstance(negatives, np.ndarray) or not np.issubdtype(negatives.dtype, np.number):
-        raise ValueError(f"{path}: expected an array of numbers, got {type(negatives).__name__}")
+    negatives = _read_numbers(path)
     if negatives.ndim != 2 or negatives.shape[1] != dim or not len(negatives):
         raise ValueError(
             f"{path}: expected an array of shape (n, {dim}) with n >= 1, "
@@ -201,3 +194,40 @@ def read_negatives(path: str | os.PathLike, dim: int) -> np.ndarray:
     if not np.isfinite(negatives).all():
         raise ValueError(f"{path}: expected finite positions, got NaN or infinite values")
     return negatives
+
+
+def read_traced_paths(path: str | os.PathLike, dim: int) -> np.ndarray:
+    """Read the traced negatives of an unfinished epoch kept with a checkpoint.
+
+    Args:
+        path: The file (``step_<n>.paths.npy``).
+        dim: The model's dimension.
+
+    Returns:
+        Positions of shape ``(steps, walkers, dim)`` (not necessarily finite: a diverged
+        walker is what their R̂ reports).
+
+    Raises:
+        FileNotFoundError: If there is no file.
+        ValueError: ``<file>: <what is wrong>``.
+    """
+    path = Path(path)
+    paths = _read_numbers(path)
+    if paths.ndim != 3 or paths.shape[2] != dim:
+        raise ValueError(
+            f"{path}: expected an array of shape (steps, walkers, {dim}), got shape {paths.shape}"
+        )
+    return paths
+
+
+def _read_numbers(path: Path) -> np.ndarray:
+    """A ``.npy`` array of numbers (no pickle), or ``ValueError('<file>: ...')``."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise ValueError(f"{path}: not a readable .npy array ({error})") from error
+    if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"{path}: expected an array of numbers, got {type(array).__name__}")
+    return array

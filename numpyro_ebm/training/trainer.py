@@ -75,7 +75,8 @@ class Trainer:
     """Training of a tilted EBM on a dataset with any objective ([A]'s by default).
 
     Args:
-        dataset: A :class:`~numpyro_ebm.datasets.Dataset`, a built-in name, or a data file path.
+        dataset: A :class:`~numpyro_ebm.datasets.Dataset`, a built-in name, a data file path, or
+            an array of points ``(n, d)`` in raw units.
         config: The run's settings; ``TrainConfig.for_dimension(d)`` for the data's d by default.
         energy: Your own energy module instead of ``config.energy``'s (recorded as "custom").
         energy_optimizer: The energy's optimizer; ``optax.adam(config.learning_rate)`` by default.
@@ -94,7 +95,7 @@ class Trainer:
 
     def __init__(
         self,
-        dataset: Dataset | str | os.PathLike,
+        dataset: Dataset | str | os.PathLike | np.ndarray | jax.Array,
         config: TrainConfig | None = None,
         *,
         energy: eqx.Module | None = None,
@@ -102,8 +103,7 @@ class Trainer:
         mesh: Mesh | None = None,
     ):
         if config is None:
-            dim = (dataset if isinstance(dataset, Dataset) else get_dataset(dataset)).dim
-            config = TrainConfig.for_dimension(dim)
+            config = TrainConfig.for_dimension(get_dataset(dataset).dim)
         self.config = cfg = config
         keys = jax.random.split(jax.random.key(cfg.seed), 5)
         self._key_energy, self._key_walkers, self._key_objective, self._key_train = keys[1:]
@@ -307,7 +307,7 @@ class Trainer:
             cfg = cfg.replace(num_epochs=num_epochs)
         time_start = time.perf_counter()
         state = self.init_state() if state is None else state
-        state, history, partial, best_state = open_run(
+        state, history, partial, paths, best_state = open_run(
             None if out_dir is None else Path(out_dir),
             state,
             self.settings(),
@@ -326,7 +326,7 @@ class Trainer:
         progress = EpochProgress(
             cfg.steps_per_epoch, cfg.num_epochs, history, partial, enabled=progress_bar
         )
-        time_train, paths, warned = time.perf_counter(), [], False
+        time_train, warned = time.perf_counter(), False
         while step < total_steps and not should_stop(history, cfg.patience):
             chunk_start = time.perf_counter()
             state, (metrics, traced) = self._run_chunk(state, False)
@@ -355,7 +355,7 @@ class Trainer:
                 or should_stop(history, cfg.patience)
             ):
                 save_training_checkpoint(
-                    checkpoint_dir, state, step, history, progress.partial, keep_checkpoints
+                    checkpoint_dir, state, step, history, progress.partial, keep_checkpoints, paths
                 )
         progress.close()
         timings["train_s"] = time.perf_counter() - time_train
