@@ -9,11 +9,14 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro
+import numpyro.distributions as dist
 import pytest
 from _objectives import assert_same_run
+from numpyro.infer.util import log_density
 
 import numpyro_ebm.training.trainer as trainer_module
-from numpyro_ebm.energies import MLPEnergy, TiltedEnergy
+from numpyro_ebm.energies import MLPEnergy, TiltedEnergy, energy_factor
 from numpyro_ebm.preprocessing import Preprocessing
 from numpyro_ebm.training import (
     TrainConfig,
@@ -87,6 +90,20 @@ def test_load_energy_standardises_large_finely_resolved_units_in_float64(tmp_pat
     # Control: the same map in float32 puts these points up to 0.3 standard units off.
     z32 = (x.astype(np.float32) - shift.astype(np.float32)) / scale.astype(np.float32)
     assert np.max(np.abs(z32 - z)) > 0.1
+
+
+def test_a_loaded_energy_is_a_prior_factor_in_raw_units(raw_run, tmp_path):
+    energy = load_energy(save_result(tmp_path, raw_run))
+    point = _raw_points(1, seed=2)[0]
+
+    def model():
+        energy_factor("prior", energy, numpyro.sample("x", dist.ImproperUniform(
+            dist.constraints.real_vector, (), (2,))))  # fmt: skip
+
+    log_joint = jax.jit(lambda x: log_density(model, (), {}, {"x": x})[0])
+    assert float(log_joint(jnp.asarray(point))) == pytest.approx(
+        -float(energy(point[None])[0]), rel=1e-4
+    )
 
 
 def test_save_model_refuses_a_preprocessing_of_another_dimension(tmp_path):

@@ -382,8 +382,9 @@ def test_load_energy_is_total_energy(tmp_path):
     assert float(values[0]) == pytest.approx(
         float(energy(point) - base_log_prob(point, 1.5)), rel=1e-6
     )
-    with pytest.raises(ValueError, match=r"\(n, 2\)"):
-        total_energy(jnp.zeros(2))
+    assert float(total_energy(x[0])) == float(values[0])  # one point (d,) gives a scalar
+    with pytest.raises(ValueError, match=r"shape \(2,\) or points of shape \(n, 2\)"):
+        total_energy(jnp.zeros((2, 3)))
     with pytest.raises(FileNotFoundError, match="trained model"):
         load_energy(tmp_path / "nothing")
 

@@ -268,7 +268,9 @@ def load_energy(
         energy: A template of a custom energy network (see :func:`load_model`).
 
     Returns:
-        A function from ``x`` of shape ``(n, d)`` to energies of shape ``(n,)``.
+        A function from ``x`` of shape ``(n, d)`` to energies of shape ``(n,)``, and from one
+        point ``(d,)`` to a scalar: a learned prior in raw units for
+        :func:`~numpyro_ebm.energies.energy_factor` inside a NumPyro model.
 
     Raises:
         FileNotFoundError: If ``out_dir`` holds no trained model.
@@ -289,9 +291,14 @@ def load_energy(
     def total_energy(x: jax.Array) -> jax.Array:
         if not isinstance(x, jax.core.Tracer):  # concrete points: standardise in float64,
             x = np.asarray(x, dtype=np.float64)  # raw units may be large and finely resolved
-        if x.ndim != 2 or x.shape[1] != dim:
-            raise ValueError(f"expected points of shape (n, {dim}), got shape {x.shape}")
-        return tilted(jnp.asarray((x - prep.shift) / prep.scale)) - prep.log_det_jacobian
+        if x.ndim not in (1, 2) or x.shape[-1] != dim:
+            raise ValueError(
+                f"expected a point of shape ({dim},) or points of shape (n, {dim}), got shape "
+                f"{x.shape}"
+            )
+        z = jnp.asarray((x - prep.shift) / prep.scale)
+        energies = tilted(jnp.atleast_2d(z)) - prep.log_det_jacobian
+        return energies if x.ndim == 2 else energies[0]
 
     return total_energy
 
