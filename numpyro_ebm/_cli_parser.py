@@ -52,6 +52,14 @@ def integer_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _run_dir_command(commands: Any, name: str, **texts: str) -> argparse.ArgumentParser:
+    """A command on a trained run: its ``DIR`` argument and ``--seed``."""
+    parser = commands.add_parser(name, **texts)
+    parser.add_argument("run_dir", metavar="DIR", help="run directory of `numpyro-ebm train`")
+    parser.add_argument("--seed", type=integer_at_least(0), default=0, help="seed (default 0)")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     from numpyro_ebm.training.negatives import NEGATIVE_SAMPLERS
     from numpyro_ebm.training.objectives import OBJECTIVES
@@ -122,12 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
-    sample = commands.add_parser(
+    sample = _run_dir_command(
+        commands,
         "sample",
         help="sample a trained model with FlowMCKernel",
         description="Sample DIR's model; write DIR/samples.npy and DIR/summary.csv.",
     )
-    sample.add_argument("run_dir", metavar="DIR", help="run directory of `numpyro-ebm train`")
     sample.add_argument(
         "--num-samples", type=integer_at_least(1), required=True, help="draws per chain"
     )
@@ -137,16 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument(
         "--num-warmup", type=integer_at_least(0), default=200, help="warm-up (default 200)"
     )
-    sample.add_argument("--seed", type=integer_at_least(0), default=0, help="seed (default 0)")
     sample.add_argument("--out", metavar="OUT", help="write here instead of DIR")
     sample.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
-    evaluate = commands.add_parser(
+    evaluate = _run_dir_command(
+        commands,
         "evaluate",
         help="held-out log-likelihood of a trained model",
         description="Estimate log Z of DIR's model and the mean log-likelihood of held-out data.",
     )
-    evaluate.add_argument("run_dir", metavar="DIR", help="run directory of `numpyro-ebm train`")
     evaluate.add_argument(
         "--data", required=True, help=".npy/.csv file (raw units), or a built-in's test split"
     )
@@ -157,7 +164,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=16_384,
         help="importance draws (default 16384)",
     )
-    evaluate.add_argument("--seed", type=integer_at_least(0), default=0, help="seed (default 0)")
     return parser
 
 
