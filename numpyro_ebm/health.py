@@ -144,9 +144,9 @@ def find_problems(
         problems.append(
             f"MALA step size {step_size:.2e} < {MIN_STEP_SIZE:g} (standardised coordinates): "
             "local moves are frozen. The potential may be rough, discontinuous or have wrong "
-            "gradients, or flat in some coordinate (an improper posterior, such as the "
-            "observed entries of an `obs_mask` site), where the walkers drift until it "
-            "overflows; check the model, or reparameterise it."
+            "gradients, or, with dense_preconditioner=True, flat in some coordinate (an "
+            "improper posterior, such as the observed entries of an `obs_mask` site), where "
+            "the walkers drift until it overflows; check the model, or reparameterise it."
         )
     if max_rhat > MAX_RHAT:
         problems.append(

@@ -143,12 +143,14 @@ def _local_moves(
     """``num_steps`` MALA steps in the preconditioned coordinates ``u = L⁻¹ (x − loc)``.
 
     A walker whose every step was rejected keeps its exact position (no round trip through
-    ``u``); a moved one is at ``loc + L u``, where its potential was computed.
+    ``u``); a moved one is at ``loc + L u``, where its potential was computed. Also returns
+    which coordinates of ``u`` had a zero potential gradient at every walker (flat ones).
     """
     num_walkers = position.shape[0]
     if num_steps == 0:  # global moves only: nothing to average, nothing to adapt
         zeros = jnp.zeros(num_walkers, position.dtype)
-        return position, potential_energy, zeros, jnp.zeros(num_walkers, jnp.int32)
+        flat = jnp.zeros(position.shape[1], bool)
+        return position, potential_energy, zeros, jnp.zeros(num_walkers, jnp.int32), flat
 
     def latent_potential(latent):
         return potential_fn(from_latent(preconditioner, latent))
@@ -169,6 +171,7 @@ def _local_moves(
         potential_energy,
         jnp.mean(accept_prob, axis=0),
         jnp.sum(nonfinite, axis=0, dtype=jnp.int32),
+        jnp.all(walkers.potential_grad == 0, axis=0),  # in x too, for a diagonal L
     )
 
 
@@ -223,7 +226,7 @@ def flowmc_round(
             state = count_particles(state, global_info.accept_prob_by_chunks, all_chunks, config)
 
     step_size = jnp.where(adapting, state.step_size, state.step_size_average)
-    position, potential_energy, accept_prob, local_nonfinite = _local_moves(
+    position, potential_energy, accept_prob, local_nonfinite, flat = _local_moves(
         key_local,
         position,
         potential_energy,
@@ -234,7 +237,7 @@ def flowmc_round(
     )
     state = jax.lax.cond(
         adapting,
-        lambda: adapt(state, position, accept_prob, global_accept_prob, config),
+        lambda: adapt(state, position, accept_prob, global_accept_prob, flat, config),
         lambda: state,
     )
 

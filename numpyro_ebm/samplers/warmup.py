@@ -37,6 +37,7 @@ __all__ = [
     "adapt",
     "count_particles",
     "fit_on_buffer",
+    "hold_flat_coordinates",
     "init_adaptation",
     "preconditioner_points",
 ]
@@ -165,13 +166,57 @@ def _tree_where(condition: jax.Array, if_true: Any, if_false: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(condition, a, b), if_true, if_false)
 
 
+def hold_flat_coordinates(
+    estimate: Preconditioner, previous: Preconditioner, flat: jax.Array
+) -> Preconditioner:
+    """``estimate``, except in the ``flat`` coordinates, where ``previous`` is kept.
+
+    A coordinate on which the potential does not depend (its gradient is zero at every
+    walker, as for the observed entries of a site with NumPyro's ``obs_mask``) makes the
+    target improper: the walkers spread there without bound. Re-estimated from that spread,
+    the preconditioner widens the steps, which widen the spread, round after round, until the
+    potential overflows and the step size of every coordinate collapses. Held, it leaves the
+    flat coordinates to spread slowly and the others to adapt. Flat coordinates are detected
+    with the diagonal preconditioner only (a dense one mixes the gradient's coordinates).
+
+    Args:
+        estimate: The preconditioner estimated from the walkers now.
+        previous: The one in use.
+        flat: Boolean mask of the flat coordinates, shape ``(d,)``.
+
+    Returns:
+        The preconditioner to use.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> new, old = Preconditioner(jnp.ones(2), jnp.full(2, 9.0)), Preconditioner(
+        ...     jnp.zeros(2), jnp.ones(2))
+        >>> hold_flat_coordinates(new, old, jnp.array([False, True])).scale.tolist()
+        [9.0, 1.0]
+    """
+    if estimate.scale.ndim != 1:
+        raise ValueError("expected a diagonal preconditioner, got a dense one")
+    return _tree_where(flat, previous, estimate)
+
+
 def adapt(
-    state: FlowMCAdaptation, position, accept_prob, global_accept_prob, config: FlowMCConfig
+    state: FlowMCAdaptation,
+    position: jax.Array,
+    accept_prob: jax.Array,
+    global_accept_prob: jax.Array,
+    flat: jax.Array,
+    config: FlowMCConfig,
 ) -> FlowMCAdaptation:
-    """Record the positions, update the preconditioner, the window and the step size."""
+    """Record the positions, update the preconditioner, the window and the step size.
+
+    ``flat`` marks the coordinates whose potential gradient was zero at every walker: their
+    preconditioner is held (see :func:`hold_flat_coordinates`).
+    """
     estimate = ensemble_preconditioner(
         preconditioner_points(state, position), dense=config.dense_preconditioner
     )
+    if not config.dense_preconditioner:
+        estimate = hold_flat_coordinates(estimate, state.preconditioner, flat)
     restart = moved_far(estimate, state.window_reference)
     step_size, step_size_average, adaptation = update_step_size(
         state.step_size_adaptation, jnp.mean(accept_prob), config.target_accept_prob
