@@ -144,8 +144,9 @@ def _preconditioner_after(fit_progress, shift):
     state = warmup.init_adaptation(walkers, {}, {}, step_size=0.1, buffer_size=4)
     config = round_config(fit_patience=50)
     accept = jnp.full(256, 0.5)
+    flat = jnp.zeros(2, bool)
     state = warmup.adapt(
-        state._replace(fit_progress=fit_progress), walkers + shift, accept, accept, config
+        state._replace(fit_progress=fit_progress), walkers + shift, accept, accept, flat, config
     )
     return state.preconditioner
 
