@@ -5,6 +5,8 @@ Kept apart from the kernel so that the adapter reads as NumPyro's ``init``/``sam
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -18,13 +20,15 @@ from numpyro_ebm.samplers.flowmc import FlowMCConfig
 
 __all__ = [
     "DEFAULT_TARGET_ACCEPT_PROB",
-    "default_flow_options",
-    "kernel_default_flow",
     "chunk_size_for_budget",
+    "default_flow_options",
+    "flat_potential",
+    "kernel_default_flow",
     "num_particle_chunks",
     "round_config",
     "round_options",
     "walker_sharding",
+    "warn_if_untuned",
 ]
 
 #: Target MALA acceptance: the optimal-scaling value of Roberts & Rosenthal (1998), as in [A].
@@ -187,3 +191,41 @@ def walker_sharding(flat_position: jax.Array) -> NamedSharding | None:
     if walker_axis is None:
         return None
     return NamedSharding(sharding.mesh, PartitionSpec(walker_axis))
+
+
+def flat_potential(
+    potential_fn: Callable[[Any], jax.Array], unravel: Callable[[jax.Array], Any]
+) -> Callable[[jax.Array], jax.Array]:
+    """The potential of one flat position, checked to be a scalar in the walkers' dtype.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> flat_potential(lambda x: jnp.sum(x**2, keepdims=True), lambda x: x)(jnp.ones(2))
+        Traceback (most recent call last):
+        ...
+        ValueError: expected a scalar potential per walker, got shape (1,) (reduce it, e.g. ...)
+    """
+
+    def potential(flat: jax.Array) -> jax.Array:
+        energy = jnp.asarray(potential_fn(unravel(flat)))
+        if energy.shape != ():  # shapes are known when traced: this fails before any work
+            raise ValueError(
+                f"expected a scalar potential per walker, got shape {energy.shape} (reduce it, "
+                "e.g. with jnp.sum)"
+            )
+        return energy.astype(flat.dtype)  # the walkers' precision, whatever it returns
+
+    return potential
+
+
+def warn_if_untuned(num_warmup: int, num_local_steps: int, step_size: float) -> None:
+    """Warn that MALA's step size and preconditioner stay untuned without warm-up."""
+    if num_warmup == 0 and num_local_steps > 0:
+        warnings.warn(
+            f"FlowMCKernel without warm-up: MALA keeps its initial step size ({step_size}) and "
+            "the initial walkers' preconditioner, untuned. Warm up (num_warmup > 0), or "
+            "continue a warmed-up run from its state (mcmc.post_warmup_state = "
+            "mcmc.last_state).",
+            UserWarning,
+            stacklevel=3,
+        )

@@ -31,11 +31,13 @@ from numpyro_ebm._checks import key_impl_name, positive_float, positive_int, typ
 from numpyro_ebm._init_params import initialize_walkers, num_walkers_of
 from numpyro_ebm._kernel_setup import (
     DEFAULT_TARGET_ACCEPT_PROB,
+    flat_potential,
     kernel_default_flow,
     num_particle_chunks,
     round_config,
     round_options,
     walker_sharding,
+    warn_if_untuned,
 )
 from numpyro_ebm._pickling import kernel_getstate, kernel_setstate, latent_template
 from numpyro_ebm.flows import flow_optimizer, split_flow
@@ -276,6 +278,7 @@ class FlowMCKernel(MCMCKernel):
         self._walker_sharding = walker_sharding(flat_position)
         dim = flat_position.shape[1]
         self._num_warmup = int(num_warmup)
+        warn_if_untuned(self._num_warmup, self._round_options["num_local_steps"], self._step_size)
 
         flow = self._flow
         if flow is None:
@@ -380,8 +383,7 @@ class FlowMCKernel(MCMCKernel):
             if self._model is not None
             else self._potential_fn
         )
-        unravel = self._unravel
-        return lambda flat: potential_fn(unravel(flat))
+        return flat_potential(potential_fn, self._unravel)
 
     def __getstate__(self) -> dict:
         # Flows are stored by recipe and arrays, closures rebuilt on loading; a `model` kernel
