@@ -108,6 +108,21 @@ def mixture_model():
     numpyro.factor("mixture", -mixture_potential(x))
 
 
+def vectorized_mcmc(kernel, num_warmup: int, num_samples: int, num_walkers: int, **options):
+    """NumPyro's ``MCMC`` of ``kernel`` with ``num_walkers`` walkers (no progress bar unless
+    ``options`` ask for one)."""
+    from numpyro.infer import MCMC
+
+    return MCMC(
+        kernel,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=num_walkers,
+        chain_method="vectorized",
+        **{"progress_bar": False, **options},
+    )
+
+
 @functools.cache
 def mixture_flowmc_run():
     """FlowMCKernel with its defaults (affine coupling flow, i-SIR, N = 32) on the mixture model.
@@ -116,20 +131,13 @@ def mixture_flowmc_run():
     both; the + mode's weight must move from 1/2 to 2/3. Used by ``test_mcse.py`` (weights)
     and ``test_kernel.py`` (pickling a run with the default flow).
     """
-    from numpyro.infer import MCMC
-
     from numpyro_ebm import FlowMCKernel
 
     key_init, key_run = jax.random.split(jax.random.key(2023))
     sign = jnp.where(jnp.arange(MIX_NUM_WALKERS) < MIX_NUM_WALKERS // 2, 1.0, -1.0)[:, None]
     init = sign * jnp.asarray(MIX_SHIFT) + jax.random.normal(key_init, (MIX_NUM_WALKERS, 2))
-    mcmc = MCMC(
-        FlowMCKernel(mixture_model),
-        num_warmup=MIX_NUM_WARMUP,
-        num_samples=MIX_NUM_SAMPLES,
-        num_chains=MIX_NUM_WALKERS,
-        chain_method="vectorized",
-        progress_bar=False,
+    mcmc = vectorized_mcmc(
+        FlowMCKernel(mixture_model), MIX_NUM_WARMUP, MIX_NUM_SAMPLES, MIX_NUM_WALKERS
     )
     mcmc.run(key_run, init_params={"x": init})
     return SimpleNamespace(

@@ -15,10 +15,9 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
-from _targets import round_config, two_sided_z
+from _targets import round_config, two_sided_z, vectorized_mcmc
 from flowjax.bijections import Affine
 from flowjax.distributions import Normal
-from numpyro.infer import MCMC
 from numpyro.infer.initialization import init_to_uniform
 
 from numpyro_ebm import FlowMCKernel, flows
@@ -183,21 +182,9 @@ FAR_MEAN = np.array([1e3, 0.0, -20.0])
 FAR_SCALE = np.array([1.0, 1e-3, 1e3])
 
 
-def _vectorized(kernel, num_warmup, num_samples, num_walkers):
-    """NumPyro's MCMC of ``kernel`` with ``num_walkers`` walkers, without a progress bar."""
-    return MCMC(
-        kernel,
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        num_chains=num_walkers,
-        chain_method="vectorized",
-        progress_bar=False,
-    )
-
-
 def _quiet_run(kernel, *args, num_warmup, num_samples, num_walkers, seed, init_params=None):
     """An MCMC run with warnings silenced (control runs warn, by design)."""
-    mcmc = _vectorized(kernel, num_warmup, num_samples, num_walkers)
+    mcmc = vectorized_mcmc(kernel, num_warmup, num_samples, num_walkers)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mcmc.run(jax.random.PRNGKey(seed), *args, init_params=init_params)
@@ -372,7 +359,7 @@ def _standard_normal():
 
 @pytest.mark.parametrize("make_key", [jax.random.PRNGKey, jax.random.key])
 def test_every_collectable_field_is_collected_with_the_walker_axis(make_key):
-    mcmc = _vectorized(FlowMCKernel(_standard_normal, num_particles=4), 20, 10, 8)
+    mcmc = vectorized_mcmc(FlowMCKernel(_standard_normal, num_particles=4), 20, 10, 8)
     mcmc.warmup(make_key(0), extra_fields=COLLECTABLE_FIELDS)
     mcmc.run(make_key(1), extra_fields=COLLECTABLE_FIELDS)
     extra = mcmc.get_extra_fields(group_by_chain=True)
@@ -384,7 +371,7 @@ def test_every_collectable_field_is_collected_with_the_walker_axis(make_key):
 
 
 def _run(model, num_walkers=32, **options):
-    mcmc = _vectorized(FlowMCKernel(model, **options), 200, 200, num_walkers)
+    mcmc = vectorized_mcmc(FlowMCKernel(model, **options), 200, 200, num_walkers)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         mcmc.run(jax.random.PRNGKey(11))
@@ -400,7 +387,7 @@ def test_a_healthy_run_raises_no_warning():
 def test_checking_a_run_that_kept_no_draws_is_a_clear_error():
     # Regression: after `warmup` alone it reported "mean global acceptance 0.000" (the mean of
     # the zeros NumPyro returns as draws then) for a run whose warm-up acceptance was ~0.85.
-    mcmc = _vectorized(FlowMCKernel(_standard_normal, num_particles=4), 5, 5, 8)
+    mcmc = vectorized_mcmc(FlowMCKernel(_standard_normal, num_particles=4), 5, 5, 8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mcmc.warmup(jax.random.PRNGKey(0))
@@ -443,7 +430,7 @@ def test_a_collapsed_step_size_is_reported():
 def test_fitting_stops_at_a_plateau_only_with_patience(patience):
     # A standard normal: the flow is good within a few rounds, the acceptance plateaus.
     kernel = FlowMCKernel(_standard_normal, num_particles=8, fit_patience=patience)
-    mcmc = _vectorized(kernel, 150, 1, 16)
+    mcmc = vectorized_mcmc(kernel, 150, 1, 16)
     mcmc.warmup(jax.random.PRNGKey(13), collect_warmup=True, extra_fields=("flow_loss",))
     flow_loss = mcmc.get_extra_fields(group_by_chain=True)["flow_loss"]
     fitted = np.isfinite(np.asarray(flow_loss)[0])  # NaN where the round did not fit
@@ -462,7 +449,7 @@ def test_a_good_flow_draws_fewer_particles_only_when_adaptive(adapt_num_particle
         fit_patience=10,
         adapt_num_particles=adapt_num_particles,
     )
-    mcmc = _vectorized(kernel, 150, 20, 16)
+    mcmc = vectorized_mcmc(kernel, 150, 20, 16)
     mcmc.run(jax.random.PRNGKey(14), extra_fields=("global_accept_prob",))
     adaptation = mcmc.last_state.adaptation
     # Not adaptive, the particles come in one chunk (the memory budget allows it).
@@ -495,7 +482,7 @@ def _amplitude():
 
 def _positive_share_with_32_walkers():
     kernel = FlowMCKernel(_amplitude)
-    mcmc = _vectorized(kernel, 300, 200, 32)
+    mcmc = vectorized_mcmc(kernel, 300, 200, 32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mcmc.run(jax.random.PRNGKey(1))  # a seed at which the control loses the small mode

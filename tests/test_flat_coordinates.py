@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from _targets import vectorized_mcmc
 from numpyro.diagnostics import effective_sample_size
-from numpyro.infer import MCMC
 
 import numpyro_ebm.samplers.warmup as warmup
 from numpyro_ebm import FlowMCKernel
@@ -42,14 +42,7 @@ def _reference_mu() -> tuple[float, float]:
 
 
 def _run():
-    mcmc = MCMC(
-        FlowMCKernel(_imputation),
-        num_warmup=300,
-        num_samples=300,
-        num_chains=32,
-        chain_method="vectorized",
-        progress_bar=False,
-    )
+    mcmc = vectorized_mcmc(FlowMCKernel(_imputation), 300, 300, 32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # R̂ of the flat entries, which never mix
         mcmc.run(jax.random.PRNGKey(0), np.where(OBSERVED, Y, 0.0), OBSERVED)

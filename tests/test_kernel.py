@@ -25,6 +25,7 @@ from _targets import (
     gaussian_potential,
     mixture_flowmc_run,
     two_sided_z,
+    vectorized_mcmc,
 )
 from _trees import leaves_equal
 from flowjax.distributions import AbstractDistribution, Normal
@@ -64,12 +65,11 @@ def _mcmc(kernel, num_walkers=NUM_WALKERS, num_warmup=NUM_WARMUP, num_samples=NU
     # With the progress bar, NumPyro jits one iteration and reuses it across runs of the same
     # MCMC (warm-up, sampling, continuations); without it, NumPyro recompiles the whole loop at
     # every run (NUTS alike), ~8 s each on 2 busy cores. So the bar is on unless a test says so.
-    return MCMC(
+    return vectorized_mcmc(
         kernel,
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        num_chains=num_walkers,
-        chain_method="vectorized",
+        num_warmup,
+        num_samples,
+        num_walkers,
         progress_bar=kw.pop("progress_bar", True),
         **kw,
     )

@@ -6,20 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from numpyro.infer import MCMC
+from _targets import vectorized_mcmc
 
 from numpyro_ebm import FlowMCKernel
 
 
 def _mcmc(kernel, num_warmup=5, num_samples=5):
-    return MCMC(
-        kernel,
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        num_chains=8,
-        chain_method="vectorized",
-        progress_bar=False,
-    )
+    return vectorized_mcmc(kernel, num_warmup, num_samples, 8)
 
 
 def _start(dim=3):
