@@ -124,7 +124,7 @@ def test_resume_refuses_other_data_behind_the_same_path(tmp_path):
     # Control: the same data resumes (to two epochs).
     Trainer(path, config).fit(out_dir=out, resume=True, progress_bar=False, num_epochs=2)
     np.save(path, 10.0 * _raw_points())
-    with pytest.raises(ValueError, match="preprocessing: saved"):
+    with pytest.raises(ValueError, match=r"preprocessing: saved and given differ \(other data"):
         Trainer(path, config).fit(out_dir=out, resume=True, progress_bar=False, num_epochs=3)
     assert [step for step, _ in checkpoint_paths(out / "checkpoints")] == [4, 8]
 

@@ -122,9 +122,7 @@ def check_saved_settings(out_dir: Path, current: dict[str, Any]) -> None:
     differences = []
     for name in (*_DATA_SETTINGS, "energy"):  # runs of earlier releases record fewer
         if name in saved and saved[name] != current[name]:
-            differences.append(
-                f"{name}: saved {_short(saved[name])}, given {_short(current[name])}"
-            )
+            differences.append(_difference(name, saved[name], current[name]))
     # Compare through TrainConfig so that settings written by an older release still match.
     saved_settings = saved_config.to_dict()
     for name, value in current["config"].items():
@@ -137,10 +135,15 @@ def check_saved_settings(out_dir: Path, current: dict[str, Any]) -> None:
         )
 
 
-def _short(value: Any, limit: int = 120) -> str:
-    """``repr(value)``, cut to ``limit`` characters (a preprocessing lists d numbers twice)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _difference(name: str, saved: Any, given: Any, limit: int = 120) -> str:
+    """``"<name>: saved <value>, given <value>"``, or a sentence for long values.
+
+    A preprocessing lists d numbers twice: printed whole, two of them hide where they differ.
+    """
+    texts = repr(saved), repr(given)
+    if max(map(len, texts)) <= limit:
+        return f"{name}: saved {texts[0]}, given {texts[1]}"
+    return f"{name}: saved and given differ (other data behind the same path?)"
 
 
 def clear_run(out_dir: Path) -> None:
