@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -33,9 +33,7 @@ from numpyro_ebm.preprocessing import Preprocessing
 from numpyro_ebm.training.checkpoint import load_checkpoint, save_checkpoint, write_json
 from numpyro_ebm.training.energy_specs import energy_from_spec, energy_spec
 from numpyro_ebm.training.run_files import read_model_settings, read_negatives
-
-if TYPE_CHECKING:
-    from numpyro_ebm.training.step import TrainResult
+from numpyro_ebm.training.step import TrainResult
 
 __all__ = [
     "TrainedModel",
