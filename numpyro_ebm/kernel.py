@@ -42,7 +42,7 @@ from numpyro_ebm._kernel_setup import (
 from numpyro_ebm._pickling import kernel_getstate, kernel_setstate, latent_template
 from numpyro_ebm.flows import flow_optimizer, split_flow
 from numpyro_ebm.health import warn_after_warmup
-from numpyro_ebm.kernel_state import FlowMCState, initial_state, next_state
+from numpyro_ebm.kernel_state import DEFAULT_FIELDS, FlowMCState, initial_state, next_state
 from numpyro_ebm.samplers.flowmc import flowmc_round, proposal_flow
 from numpyro_ebm.samplers.warmup import init_adaptation
 
@@ -212,7 +212,7 @@ class FlowMCKernel(MCMCKernel):
     @property
     def default_fields(self) -> tuple[str, ...]:
         """Fields collected by ``MCMC.run``; ArviZ shows them in ``sample_stats``."""
-        return ("z", "potential_energy", "accept_prob", "global_accept_prob", "num_nonfinite")
+        return DEFAULT_FIELDS
 
     @property
     def global_move(self) -> str:
@@ -340,6 +340,7 @@ class FlowMCKernel(MCMCKernel):
         warn_after_warmup(
             adaptation,
             info.global_accept_prob,
+            info.stranded,
             at_end=state.adaptation.round_index + 1 == self._num_warmup,
             uses_flow=self.global_move != "none",
         )

@@ -19,7 +19,14 @@ from numpyro_ebm._checks import typed_key
 from numpyro_ebm.samplers.flowmc import FlowMCRoundInfo
 from numpyro_ebm.samplers.warmup import FlowMCAdaptation
 
-__all__ = ["COLLECTABLE_FIELDS", "FlowMCState", "initial_state", "next_state", "per_walker_keys"]
+__all__ = [
+    "COLLECTABLE_FIELDS",
+    "DEFAULT_FIELDS",
+    "FlowMCState",
+    "initial_state",
+    "next_state",
+    "per_walker_keys",
+]
 
 
 class _FlowMCFields(NamedTuple):
@@ -33,10 +40,20 @@ class _FlowMCFields(NamedTuple):
     step_size: jax.Array
     mean_accept_prob: jax.Array
     mean_global_accept_prob: jax.Array
+    stranded: jax.Array
     adaptation: FlowMCAdaptation
     rng_key: jax.Array
 
 
+#: Fields ``MCMC.run`` collects without being asked (ArviZ shows them in ``sample_stats``).
+DEFAULT_FIELDS = (
+    "z",
+    "potential_energy",
+    "accept_prob",
+    "global_accept_prob",
+    "num_nonfinite",
+    "stranded",
+)
 #: Fields with the walker axis first, which ``MCMC.run(extra_fields=...)`` can collect.
 COLLECTABLE_FIELDS = tuple(name for name in _FlowMCFields._fields if name != "adaptation")
 
@@ -85,6 +102,9 @@ class FlowMCState(_FlowMCFields):
         mean_accept_prob: Running mean of ``accept_prob`` in the current phase (warm-up or
             sampling), repeated per walker.
         mean_global_accept_prob: Running mean of ``global_accept_prob``, repeated per walker.
+        stranded: Whether the walker was stranded at the last global move: it sat where the
+            flow has almost no mass, so global moves could neither move it nor bring others
+            there (see :func:`~numpyro_ebm.samplers.global_moves.stranded_walkers`).
         adaptation: The sampler's own state: flow parameters, optimizer state, preconditioner,
             step-size adaptation and the buffer the flow is fitted on (see
             :class:`~numpyro_ebm.samplers.FlowMCAdaptation`). Not collectable.
@@ -131,6 +151,7 @@ def initial_state(
         step_size=jnp.broadcast_to(adaptation.step_size, (num_walkers,)),
         mean_accept_prob=zeros,
         mean_global_accept_prob=zeros,
+        stranded=jnp.zeros(num_walkers, bool),
         adaptation=adaptation,
         rng_key=per_walker_keys(rng_key, num_walkers),
     )
@@ -181,6 +202,7 @@ def next_state(
         mean_global_accept_prob=running_mean(
             state.mean_global_accept_prob, info.global_accept_prob
         ),
+        stranded=info.stranded,
         adaptation=adaptation,
         rng_key=per_walker_keys(rng_key, num_walkers),
     )

@@ -328,6 +328,7 @@ def test_samples_and_fields_have_the_walker_axis_first(warm):
         "accept_prob",
         "global_accept_prob",
         "num_nonfinite",
+        "stranded",
     }
     for name, value in warm.extra.items():
         assert value.shape == (NUM_WALKERS, NUM_SAMPLES), name

@@ -278,8 +278,17 @@ def init_fit_progress(dtype=jnp.float32) -> FitProgress:
     return FitProgress(zero, zero, jnp.zeros((), jnp.int32))
 
 
-def update_fit_progress(progress: FitProgress, global_accept_prob: jax.Array) -> FitProgress:
+def update_fit_progress(
+    progress: FitProgress, global_accept_prob: jax.Array, uncovered: jax.Array | bool = False
+) -> FitProgress:
     """Fold one round's mean global acceptance into the progress record.
+
+    A round with a stranded walker (``uncovered``: one sits where the flow has almost no
+    mass, see :func:`~numpyro_ebm.samplers.global_moves.stranded_walkers`) counts as a gain:
+    the flow still has a region to learn, however flat the acceptance. Without this, fitting
+    stopped once the acceptance plateaued on the bulk of a thin curved ridge, before the local
+    moves had carried walkers to its ends; the frozen flow never covered them and a quarter
+    of E[x1²] was lost (docs/method.md, "Stranded walkers").
 
     Example:
         >>> import jax.numpy as jnp
@@ -288,13 +297,15 @@ def update_fit_progress(progress: FitProgress, global_accept_prob: jax.Array) ->
         ...     progress = update_fit_progress(progress, jnp.array(0.9))
         >>> int(progress.rounds_without_gain) > 50
         True
+        >>> int(update_fit_progress(progress, jnp.array(0.9), uncovered=True).rounds_without_gain)
+        0
     """
     smoothed = smooth_accept_prob(progress.accept_prob, jnp.nan_to_num(global_accept_prob))
     gained = smoothed > progress.best_accept_prob + _MIN_ACCEPT_GAIN
     return FitProgress(
         accept_prob=smoothed,
         best_accept_prob=jnp.where(gained, smoothed, progress.best_accept_prob),
-        rounds_without_gain=jnp.where(gained, 0, progress.rounds_without_gain + 1),
+        rounds_without_gain=jnp.where(gained | uncovered, 0, progress.rounds_without_gain + 1),
     )
 
 

@@ -102,6 +102,9 @@ class FlowMCRoundInfo(NamedTuple):
         flow_loss: Loss of the last flow fit (NaN when the flow was not fitted this round);
             a scalar, not per walker.
         step_size: The MALA step size the round used (scalar).
+        stranded: Whether the walker was stranded at the global move: its importance weight
+            exceeded every proposal's by ``e^10`` (see
+            :func:`~numpyro_ebm.samplers.global_moves.stranded_walkers`); False without one.
     """
 
     potential_energy: jax.Array
@@ -110,6 +113,7 @@ class FlowMCRoundInfo(NamedTuple):
     num_nonfinite: jax.Array
     flow_loss: jax.Array
     step_size: jax.Array
+    stranded: jax.Array
 
 
 def proposal_flow(state: FlowMCAdaptation, flow_static: Any, config: FlowMCConfig):
@@ -215,6 +219,7 @@ def flowmc_round(
     if config.global_move == "none":
         global_accept_prob = jnp.zeros(num_walkers, position.dtype)
         global_nonfinite = jnp.zeros(num_walkers, jnp.int32)
+        stranded = jnp.zeros(num_walkers, bool)
     else:
         flow = proposal_flow(state, flow_static, config)
         position, potential_energy, global_info = _global_move(
@@ -222,6 +227,7 @@ def flowmc_round(
         )
         global_accept_prob = global_info.accept_prob.astype(position.dtype)
         global_nonfinite = global_info.num_nonfinite
+        stranded = global_info.stranded
         if config.adapt_num_particles and config.global_move == "isir":
             state = count_particles(state, global_info.accept_prob_by_chunks, all_chunks, config)
 
@@ -237,7 +243,9 @@ def flowmc_round(
     )
     state = jax.lax.cond(
         adapting,
-        lambda: adapt(state, position, accept_prob, global_accept_prob, flat, config),
+        lambda: adapt(
+            state, position, accept_prob, global_accept_prob, flat, config, jnp.any(stranded)
+        ),
         lambda: state,
     )
 
@@ -264,5 +272,6 @@ def flowmc_round(
         num_nonfinite=(global_nonfinite + local_nonfinite).astype(jnp.int32),
         flow_loss=flow_loss,
         step_size=step_size,
+        stranded=stranded,
     )
     return position, state, info

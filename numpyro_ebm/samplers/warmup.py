@@ -206,11 +206,14 @@ def adapt(
     global_accept_prob: jax.Array,
     flat: jax.Array,
     config: FlowMCConfig,
+    uncovered: jax.Array | bool = False,
 ) -> FlowMCAdaptation:
     """Record the positions, update the preconditioner, the window and the step size.
 
     ``flat`` marks the coordinates whose potential gradient was zero at every walker: their
-    preconditioner is held (see :func:`hold_flat_coordinates`).
+    preconditioner is held (see :func:`hold_flat_coordinates`). ``uncovered`` says that a
+    walker was stranded where the flow has almost no mass: fitting goes on (or starts again)
+    however flat the global acceptance (see :func:`~.adaptation.update_fit_progress`).
     """
     estimate = ensemble_preconditioner(
         preconditioner_points(state, position), dense=config.dense_preconditioner
@@ -224,7 +227,7 @@ def adapt(
     if config.num_local_steps == 0:  # nothing to adapt the step size on
         step_size, step_size_average = state.step_size, state.step_size_average
         adaptation = state.step_size_adaptation
-    fit_progress = update_fit_progress(state.fit_progress, jnp.mean(global_accept_prob))
+    fit_progress = update_fit_progress(state.fit_progress, jnp.mean(global_accept_prob), uncovered)
 
     def unless_restart(kept, fresh):
         return _tree_where(restart, fresh, kept)
