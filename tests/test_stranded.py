@@ -95,7 +95,8 @@ def test_control_the_old_stopping_rule_loses_the_ends_and_the_health_check_says_
         return update_fit_progress(progress, global_accept_prob)
 
     monkeypatch.setattr(warmup, "update_fit_progress", ignore_stranded)
-    z, health, _ = _ridge_run()
+    z, health, messages = _ridge_run()
     assert z < -two_sided_z(ALPHA)  # E[x1²] too small: the ends lost walkers
     assert health.stranded_fraction > MAX_STRANDED_FRACTION
     assert any("stranded" in problem for problem in health.problems)
+    assert len(messages) == 1 and "stranded" in messages[0]  # the end-of-warm-up warning
