@@ -10,6 +10,7 @@ acceptance of 0.85 and R̂ 1.00. Its negative control is the same run with the o
 import warnings
 
 import arviz_stats
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,10 +19,13 @@ from _targets import two_sided_z, vectorized_mcmc
 from flowjax.distributions import Normal
 
 from numpyro_ebm import FlowMCKernel
+from numpyro_ebm.energies import MLPEnergy
+from numpyro_ebm.flow_base import FlowBaseEnergy
 from numpyro_ebm.health import MAX_STRANDED_FRACTION, check_run
 from numpyro_ebm.samplers import warmup
 from numpyro_ebm.samplers.adaptation import init_fit_progress, still_fitting, update_fit_progress
 from numpyro_ebm.samplers.global_moves import imh_step, isir_step
+from numpyro_ebm.training.negatives import flowmc_sampler
 
 ALPHA = 1e-3  # false-alarm rate of the statistical test
 
@@ -100,3 +104,23 @@ def test_control_the_old_stopping_rule_loses_the_ends_and_the_health_check_says_
     assert health.stranded_fraction > MAX_STRANDED_FRACTION
     assert any("stranded" in problem for problem in health.problems)
     assert len(messages) == 1 and "stranded" in messages[0]  # the end-of-warm-up warning
+
+
+# -- EBM training's negatives ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("proposal_scale", "stranded"), [(0.05, True), (None, False)])
+def test_flowmc_negatives_report_the_walkers_their_flow_misses(proposal_scale, stranded):
+    # The model is q₀ = N(0, I) exactly and the walkers are exact draws from it. A sampler flow
+    # of scale 0.05 leaves nearly every walker with a weight e^10 above its proposals'; the
+    # control, the sampler flow q₀ itself, leaves none (weights all equal).
+    base = Normal(jnp.zeros(2), jnp.ones(2))
+    proposal = None if proposal_scale is None else Normal(jnp.zeros(2), jnp.full(2, proposal_scale))
+    energy = FlowBaseEnergy(MLPEnergy(2, key=jax.random.key(0)), base, 1.0, proposal)
+    sampler = flowmc_sampler(energy, 2, 1.0, num_particles=8, num_local_steps=1)
+    params = eqx.filter(energy, eqx.is_inexact_array)
+    walkers = energy.initial_walkers(jax.random.key(1), 256)
+    state = sampler.init(jax.random.key(2), walkers, params)
+    _, info = jax.jit(sampler.step)(state, params)
+    fraction = float(info.stranded_fraction)
+    assert fraction > 0.5 if stranded else fraction == 0.0

@@ -273,11 +273,12 @@ class Trainer:
         Each epoch runs ``steps_per_epoch`` steps through one jitted ``lax.scan`` and appends
         to the history a dict with ``epoch``, ``step``, the epoch means of ``loss`` and of
         the objective's metrics (for ``pcd``: ``energy_gap``, ``accept_prob``,
-        ``global_accept_prob``, ``flow_loss``), ``mode_weights`` (when the dataset's modes
-        are known and the model's weights can be measured), ``negatives_rhat`` (persistent
-        negatives' R̂, :mod:`~numpyro_ebm.training.validation`; a warning when they stop
-        mixing), ``val_log_likelihood`` with its ``_stderr`` and ``val_importance_ess``
-        (every ``validate_every`` epochs, with validation data) and ``time_s``. The best
+        ``global_accept_prob``, ``flow_loss``, ``stranded_fraction``), ``mode_weights``
+        (when the dataset's modes are known and the model's weights can be measured),
+        ``negatives_rhat`` (persistent negatives' R̂,
+        :mod:`~numpyro_ebm.training.validation`; a warning when they stop mixing),
+        ``val_log_likelihood`` with its ``_stderr`` and ``val_importance_ess`` (every
+        ``validate_every`` epochs, with validation data) and ``time_s``. The best
         validation's state is kept (``best_checkpoint/``); ``patience`` stops the run early.
 
         Args:

@@ -19,11 +19,15 @@ class NegativeInfo(NamedTuple):
         accept_prob: Mean local (MALA) acceptance probability; 1 for ULA where finite.
         global_accept_prob: Mean acceptance of the flow's global move; 0 without one.
         flow_loss: Loss of the last flow fit (NaN when the flow was not fitted).
+        stranded_fraction: Fraction of walkers stranded where the flow has almost no mass
+            (see :func:`~numpyro_ebm.samplers.global_moves.stranded_walkers`): the model has
+            mass there that global moves cannot weigh. 0 without global moves.
     """
 
     accept_prob: jax.Array
     global_accept_prob: jax.Array
     flow_loss: jax.Array
+    stranded_fraction: jax.Array
 
 
 class NegativeSampler(NamedTuple):

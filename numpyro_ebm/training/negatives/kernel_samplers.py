@@ -90,14 +90,15 @@ def _kernel_sampler(
                 jnp.mean(state.accept_prob),
                 jnp.mean(state.global_accept_prob),
                 state.flow_loss[0],
+                jnp.mean(state.stranded, dtype=state.accept_prob.dtype),
             )
 
-        state, (accept_prob, global_accept_prob, flow_loss) = jax.lax.scan(
+        state, (accept_prob, global_accept_prob, flow_loss, stranded) = jax.lax.scan(
             one_round, state, length=num_rounds
         )
         # The flow is fitted on the first round of each EBM step (`fit_every=num_rounds`).
         return state, NegativeInfo(
-            jnp.mean(accept_prob), jnp.mean(global_accept_prob), flow_loss[0]
+            jnp.mean(accept_prob), jnp.mean(global_accept_prob), flow_loss[0], jnp.mean(stranded)
         )
 
     def positions(state):

@@ -177,7 +177,8 @@ def nt_sampler(
             rng_key=rng_key,
         )
         dtype = position.dtype
-        info = NegativeInfo(mean_accept_prob, jnp.zeros((), dtype), flow_loss.astype(dtype))
+        zero = jnp.zeros((), dtype)
+        info = NegativeInfo(mean_accept_prob, zero, flow_loss.astype(dtype), zero)
         return new_state, info
 
     def positions(state):

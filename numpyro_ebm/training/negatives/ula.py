@@ -95,9 +95,8 @@ def ula_sampler(
             one_step, walkers, jax.random.split(key_steps, num_steps)
         )
         dtype = walkers.position.dtype
-        info = NegativeInfo(
-            jnp.mean(accept_prob), jnp.zeros((), dtype), jnp.full((), jnp.nan, dtype)
-        )
+        zero = jnp.zeros((), dtype)
+        info = NegativeInfo(jnp.mean(accept_prob), zero, jnp.full((), jnp.nan, dtype), zero)
         return ULAState(walkers, rng_key), info
 
     def positions(state):
