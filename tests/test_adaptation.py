@@ -20,7 +20,7 @@ from flowjax.bijections import Affine
 from flowjax.distributions import Normal
 from numpyro.infer.initialization import init_to_uniform
 
-from numpyro_ebm import FlowMCKernel, flows
+from numpyro_ebm import FlowMCKernel, flows, health
 from numpyro_ebm.flows import default_flow
 from numpyro_ebm.health import check_run
 from numpyro_ebm.kernel_state import COLLECTABLE_FIELDS
@@ -404,6 +404,40 @@ def test_walkers_stuck_in_their_modes_are_reported():
     model = _shifted_two_modes((0.0, 0.0))
     mcmc, messages = _run(model, num_walkers=128, global_move="none")
     assert len(messages) == 1 and "have not mixed" in messages[0]
+    assert any("have not mixed" in problem for problem in check_run(mcmc).problems)
+
+
+def _few_walker_messages(seed, **run_options):
+    mcmc = vectorized_mcmc(FlowMCKernel(_standard_normal), 300, 300, 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mcmc.run(jax.random.PRNGKey(seed), **run_options)
+    return [str(w.message) for w in caught if "have not mixed" in str(w.message)]
+
+
+@pytest.mark.parametrize("seed", [4, 7])
+def test_eight_healthy_walkers_raise_no_rhat_warning(seed):
+    # Regression: with 8 walkers (2 groups of 4) and the threshold 1.01 of groups of 16, a
+    # healthy 2-D Gaussian's end-of-warm-up check fired in 2 runs of 10 (these two seeds).
+    assert _few_walker_messages(seed) == []
+
+
+@pytest.mark.parametrize("seed", [4, 7])
+def test_control_with_the_threshold_of_16_walker_groups_they_do(monkeypatch, seed):
+    monkeypatch.setattr(health, "rhat_threshold", lambda num_walkers: 1.01)
+    assert len(_few_walker_messages(seed)) == 1
+
+
+def test_eight_walkers_stuck_in_two_modes_are_still_reported():
+    # MALA only, the first group of 4 walkers in one mode and the second in the other: R̂ ≫ 1.04.
+    start = jnp.concatenate([jnp.full((4, 2), -5.0), jnp.full((4, 2), 5.0)])
+    mcmc = vectorized_mcmc(
+        FlowMCKernel(_shifted_two_modes((0.0, 0.0)), global_move="none"), 300, 300, 8
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mcmc.run(jax.random.PRNGKey(0), init_params={"x": start})
+    assert any("have not mixed" in str(w.message) for w in caught)
     assert any("have not mixed" in problem for problem in check_run(mcmc).problems)
 
 
