@@ -88,6 +88,11 @@ class RunHealth(NamedTuple):
     problems: tuple[str, ...]
 
 
+def _walkers_per_chain(num_walkers: int, group_size: int = WALKERS_PER_GROUP) -> int:
+    """Walkers per chain of :func:`ensemble_rhat`: ``group_size``, fewer to make two chains."""
+    return max(1, min(group_size, num_walkers // 2))
+
+
 def ensemble_rhat(draws: Any, group_size: int = WALKERS_PER_GROUP) -> float:
     """Largest rank-normalised split R̂ over coordinates, with groups of walkers as chains.
 
@@ -120,7 +125,7 @@ def ensemble_rhat(draws: Any, group_size: int = WALKERS_PER_GROUP) -> float:
     num_walkers, num_draws, dim = draws.shape
     if num_draws < _MIN_DRAWS or num_walkers < 2 or not np.all(np.isfinite(draws)):
         return float("nan")
-    group_size = min(group_size, num_walkers // 2)
+    group_size = _walkers_per_chain(num_walkers, group_size)
     num_groups = num_walkers // group_size
     grouped = draws[: num_groups * group_size].reshape(num_groups, group_size, num_draws, dim)
     chains = grouped.transpose(0, 2, 1, 3).reshape(num_groups, num_draws * group_size, dim)
@@ -140,7 +145,7 @@ def rhat_threshold(num_walkers: int) -> float:
         >>> rhat_threshold(128), rhat_threshold(8)
         (1.01, 1.04)
     """
-    group_size = max(1, min(WALKERS_PER_GROUP, num_walkers // 2))
+    group_size = _walkers_per_chain(num_walkers)
     return round(1.0 + (MAX_RHAT - 1.0) * WALKERS_PER_GROUP / group_size, 6)
 
 
