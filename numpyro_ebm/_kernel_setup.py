@@ -5,7 +5,6 @@ Kept apart from the kernel so that the adapter reads as NumPyro's ``init``/``sam
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +14,7 @@ from flowjax.distributions import AbstractDistribution
 from jax.sharding import NamedSharding, PartitionSpec
 
 from numpyro_ebm._checks import positive_int
+from numpyro_ebm._warnings import warn_user
 from numpyro_ebm.flows import default_flow
 from numpyro_ebm.samplers.flowmc import FlowMCConfig
 
@@ -221,11 +221,10 @@ def flat_potential(
 def warn_if_untuned(num_warmup: int, num_local_steps: int, step_size: float) -> None:
     """Warn that MALA's step size and preconditioner stay untuned without warm-up."""
     if num_warmup == 0 and num_local_steps > 0:
-        warnings.warn(
+        warn_user(
             f"FlowMCKernel without warm-up: MALA keeps its initial step size ({step_size}) and "
             "the initial walkers' preconditioner, untuned. Warm up (num_warmup > 0), or "
             "continue a warmed-up run from its state (mcmc.post_warmup_state = "
             "mcmc.last_state).",
             UserWarning,
-            stacklevel=3,
         )

@@ -15,6 +15,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from numpyro_ebm._warnings import warn_user
+
 __all__ = ["SUPPORTED_SUFFIXES", "check_columns", "load_data", "validate_data"]
 
 #: File extensions :func:`load_data` reads.
@@ -167,18 +169,16 @@ def check_columns(
     names = header if header is not None and len(header) == data.shape[1] else None
     reason = _looks_like_index(data[:, 0], None if names is None else names[0])
     if reason is not None:
-        warnings.warn(
+        warn_user(
             f"{source}: dropped column 0{_quoted(names, 0)}, which looks like a row index "
             f"({reason}); remove it from the file to silence this warning",
-            stacklevel=3,
         )
         data, names = data[:, 1:], None if names is None else names[1:]
     reason = _looks_like_label(data, names) if data.shape[1] >= 2 else None
     if reason is not None:
-        warnings.warn(
+        warn_user(
             f"{source}: the last column{_quoted(names, -1)} looks like a class label ({reason}) "
             f"and is kept as a feature; if it is a label, remove it (e.g. save data[:, :-1])",
-            stacklevel=3,
         )
     return data
 

@@ -26,13 +26,13 @@ References:
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from numpyro_ebm._warnings import warn_user
 from numpyro_ebm.metrics import mixing_diagnostics
 
 __all__ = [
@@ -221,7 +221,7 @@ def warn_problems(problems: tuple[str, ...], when: str) -> None:
     """
     if problems:
         message = f"FlowMCKernel {when}: " + " ".join(problems)
-        warnings.warn(message, UserWarning, stacklevel=3)
+        warn_user(message)
 
 
 def warn_after_warmup(

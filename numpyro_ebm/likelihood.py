@@ -21,7 +21,6 @@ References:
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -33,6 +32,7 @@ from jax.scipy.special import logsumexp
 from jax.typing import ArrayLike
 
 from numpyro_ebm._checks import positive_float, positive_int, typed_key
+from numpyro_ebm._warnings import warn_user
 from numpyro_ebm.samplers.global_moves import importance_log_weight
 from numpyro_ebm.samplers.langevin import init_walkers, mala_step
 
@@ -360,7 +360,7 @@ def log_normalizer(
             f"(fraction {fraction:.3g} < {threshold}); its stderr {estimate.stderr:.3g} may be "
             "far too small. Use a better proposal, more samples or more temperatures."
         )
-        warnings.warn(message, stacklevel=2)
+        warn_user(message)
     return estimate
 
 

@@ -8,6 +8,7 @@ check. Statistical checks state their false-alarm rate.
 """
 
 import warnings
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -447,6 +448,28 @@ def test_a_useless_flow_is_reported():
     mcmc, messages = _run(_standard_normal, flow=flow, fit_flow=False, num_particles=4)
     assert len(messages) == 1 and "global acceptance" in messages[0]
     assert any("global acceptance" in problem for problem in check_run(mcmc).problems)
+
+
+def _warning_files(num_warmup, **options):
+    mcmc = vectorized_mcmc(FlowMCKernel(_standard_normal, **options), num_warmup, 20, 16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mcmc.run(jax.random.PRNGKey(11))  # the line a warning about this run should name
+    return [w.filename for w in caught if "FlowMCKernel" in str(w.message)]
+
+
+def test_a_warning_about_a_run_names_the_users_call():
+    # Without warm-up, `init` warns from inside NumPyro's `MCMC.run`.
+    assert _warning_files(0, num_particles=4) == [__file__]
+
+
+def test_the_warm_up_check_names_the_health_module_not_jax():
+    # Regression: the end-of-warm-up warning was attributed to jax/_src/debugging.py, so a
+    # filter by module could not select it. XLA runs the check on its own thread, where no
+    # user frame is on the stack: the package's frame that warned is named instead.
+    flow = Normal(jnp.full(2, 50.0), jnp.ones(2))
+    files = _warning_files(50, flow=flow, fit_flow=False, num_particles=4)
+    assert len(files) == 1 and Path(files[0]) == Path(health.__file__)
 
 
 def test_a_collapsed_step_size_is_reported():

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from numpyro_ebm._warnings import warn_user
 
 __all__ = ["EpochProgress", "chunk_size", "postfix", "runaway_message"]
 
@@ -152,7 +153,7 @@ class EpochProgress:
         message = runaway_message(entry["epoch"], self.partial.get("loss", []))
         if message is not None and not self._warned:
             self._warned = True
-            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            warn_user(message, RuntimeWarning)
         for name, values in self.partial.items():
             finite = [v for v in values if math.isfinite(v)]
             entry[name] = float(np.mean(finite)) if finite else float("nan")

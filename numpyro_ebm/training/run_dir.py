@@ -7,12 +7,12 @@ once both exist). Reading is in :mod:`~numpyro_ebm.training.run_files`, which ch
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from numpyro_ebm._warnings import warn_user
 from numpyro_ebm.training.checkpoint import (
     checkpoint_paths,
     latest_checkpoint,
@@ -112,10 +112,9 @@ def check_saved_settings(out_dir: Path, current: dict[str, Any]) -> None:
     path = out_dir / SETTINGS_FILE
     if not path.exists():
         if checkpoint_paths(out_dir / CHECKPOINT_DIR):
-            warnings.warn(
+            warn_user(
                 f"no {SETTINGS_FILE} in {str(out_dir)!r}: the given settings cannot be "
                 "checked against the run's; resuming only if its checkpoint fits them",
-                stacklevel=4,
             )
         return
     saved, saved_config = read_run_settings(path)
@@ -157,11 +156,10 @@ def clear_run(out_dir: Path) -> None:
     best = checkpoint_paths(out_dir / BEST_CHECKPOINT_DIR)
     outputs = [out_dir / name for name in RUN_OUTPUTS if (out_dir / name).is_file()]
     if old or outputs:
-        warnings.warn(
+        warn_user(
             f"starting a new run in {str(out_dir)!r}: removing the earlier run's checkpoints "
             f"({len(old)}) and outputs ({len(outputs)} files: model, report, figures, draws); "
             "pass resume=True to continue it instead",
-            stacklevel=4,
         )
     for path in outputs:
         path.unlink()
@@ -231,9 +229,8 @@ def restore_checkpoint(
     if found is None and folder != CHECKPOINT_DIR:
         return None
     if found is None:
-        warnings.warn(
+        warn_user(
             f"no checkpoint in {str(checkpoint_dir)!r}: starting the run from step 0",
-            stacklevel=3,
         )
         return None
     saved_step, path = found

@@ -18,7 +18,6 @@ import functools
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from flowjax.distributions import AbstractDistribution
 from jax.sharding import Mesh
 
 from numpyro_ebm._checks import positive_int
+from numpyro_ebm._warnings import warn_user
 from numpyro_ebm.datasets import Dataset, get_dataset
 from numpyro_ebm.energies import TiltedEnergy
 from numpyro_ebm.training.checkpoint import strongly_typed
@@ -343,7 +343,7 @@ class Trainer:
                 message = mixing_message(entry, self._global_moves)
                 if message is not None and not warned:
                     warned = True
-                    warnings.warn(message, RuntimeWarning, stacklevel=2)
+                    warn_user(message, RuntimeWarning)
                 if VALIDATION_KEY in entry and best_epoch(history) == entry["epoch"]:
                     best_state = state
                     if out_dir is not None:
