@@ -51,6 +51,7 @@ from numpyro.infer import MCMC, NUTS
 
 import numpyro_ebm
 from numpyro_ebm import FlowMCKernel
+from numpyro_ebm.health import stalled_fraction
 
 #: Issue 7's goals: FlowMCKernel's means within this many reference sds of the reference...
 GOAL_ERROR = 0.1
@@ -95,13 +96,15 @@ def _draws(posterior: Posterior, mcmc: MCMC, start: float) -> tuple:
 
 
 def _kernel_notes(mcmc: MCMC) -> str:
-    """Mean global and local acceptance of the kept draws, final step size(s), particles."""
+    """Kept draws' global and local acceptance and stalled share; step size(s); particles."""
     stats = mcmc.get_extra_fields()
     notes = [
         f"{label} {float(np.mean(stats[field])):.3f}"
         for label, field in (("global acc.", "global_accept_prob"), ("local acc.", "accept_prob"))
         if field in stats
     ]
+    if "accept_prob" in stats:  # the health check's share of stalled local moves
+        notes.append(f"stalled {stalled_fraction(stats['accept_prob']):.2%}")
     # The step size may become per-coordinate (a preconditioner): report its range.
     step_size = np.ravel(np.asarray(getattr(mcmc.last_state, "step_size", np.nan), float))
     if step_size.size == 1:

@@ -17,6 +17,7 @@ from numpyro.util import is_prng_key
 __all__ = [
     "auto_axes",
     "check_init_params",
+    "check_init_params_fit_model",
     "initialize_walkers",
     "num_walkers_of",
     "with_auto_axes",
@@ -68,6 +69,48 @@ def check_init_params(init_params: Any, num_walkers: int, *, from_model: bool) -
             "Expected `init_params` with at least one coordinate per walker to sample; got "
             f"per-walker shapes {shapes}."
         )
+
+
+def _per_walker_shapes(values: Any) -> Any:
+    return jax.tree.map(lambda leaf: tuple(np.shape(leaf)[1:]), values)
+
+
+def check_init_params_fit_model(init_params: Any, model_params: dict) -> None:
+    """Raise unless ``init_params`` has the model's latent sites, each of its per-walker shape.
+
+    Args:
+        init_params: Given initial values, walker axis first.
+        model_params: Values the model's initialisation made, walker axis first.
+
+    Raises:
+        ValueError: Naming the expected sites and per-walker shapes, and what was given.
+
+    Example:
+        >>> import numpy as np
+        >>> expected = {"a": np.zeros((8,)), "b": np.zeros((8, 3, 2))}
+        >>> check_init_params_fit_model({"a": np.zeros(8), "B": np.zeros((8, 3, 2))}, expected)
+        Traceback (most recent call last):
+        ...
+        ValueError: ... got {'B': (3, 2), 'a': ()} (missing ['b'], unknown ['B']).
+    """
+    expected = _per_walker_shapes(model_params)
+    prefix = (
+        "`init_params` for a model map each latent site to its unconstrained values, walker "
+        "axis first: expected the sites "
+    )
+    if not isinstance(init_params, dict):
+        raise ValueError(
+            f"{prefix}{expected}; got an object of type {type(init_params).__name__} with "
+            f"per-walker shapes {_per_walker_shapes(init_params)}."
+        )
+    given = _per_walker_shapes(init_params)
+    missing = sorted(set(expected) - set(given))
+    unknown = sorted(set(given) - set(expected))
+    if missing or unknown:
+        raise ValueError(f"{prefix}{expected}; got {given} (missing {missing}, unknown {unknown}).")
+    wrong = sorted(name for name in expected if expected[name] != given[name])
+    if wrong:
+        raise ValueError(f"{prefix}{expected}; got {given} (wrong per-walker shape: {wrong}).")
 
 
 def auto_axes(mesh: Mesh) -> Mesh:
@@ -144,7 +187,8 @@ def initialize_walkers(rng_key, model, init_strategy, init_params, model_args, m
         model. ``init_params`` are checked and moved to automatic mesh axes.
 
     Raises:
-        ValueError: If values are missing, have no latent coordinate, or lack the walker axis.
+        ValueError: If values are missing, do not fit the model's latent sites, have no latent
+            coordinate, or lack the walker axis.
     """
     potential_fn_gen = postprocess_fn = None
     if model is not None:
@@ -159,6 +203,8 @@ def initialize_walkers(rng_key, model, init_strategy, init_params, model_args, m
         )
         if init_params is None:
             init_params = params_info[0]
+        else:
+            check_init_params_fit_model(init_params, params_info[0])
     elif init_params is None:
         raise ValueError(
             "`init_params` (one value per walker, walker axis first) must be passed to "

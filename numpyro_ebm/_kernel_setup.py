@@ -5,6 +5,7 @@ Kept apart from the kernel so that the adapter reads as NumPyro's ``init``/``sam
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ from numpyro_ebm.samplers.flowmc import FlowMCConfig
 
 __all__ = [
     "DEFAULT_TARGET_ACCEPT_PROB",
+    "check_flow_arguments",
     "chunk_size_for_budget",
     "default_flow_options",
     "flat_potential",
@@ -90,6 +92,34 @@ def round_options(
         standardise_flow=standardise_flow,
         adapt_num_particles=bool(adapt_num_particles) and global_move == "isir",
     )
+
+
+def check_flow_arguments(flow: Any, flow_options: dict | None) -> None:
+    """Raise unless ``flow`` is a flowjax distribution or ``flow_options`` fit the default flow.
+
+    Checked when the kernel is built, not when ``MCMC.run`` first builds the flow.
+
+    Example:
+        >>> check_flow_arguments(None, {"nn_widht": 64})
+        Traceback (most recent call last):
+        ...
+        TypeError: `flow_options` are keyword arguments of default_flow: expected some of ...
+    """
+    if flow is not None and not isinstance(flow, AbstractDistribution):
+        raise TypeError(f"`flow` must be a flowjax distribution, got {type(flow).__name__}.")
+    if flow is not None and flow_options:
+        raise ValueError("`flow_options` configure the default flow; got a `flow` as well.")
+    accepted = [
+        name
+        for name, parameter in inspect.signature(default_flow).parameters.items()
+        if parameter.kind == inspect.Parameter.KEYWORD_ONLY
+    ]
+    unknown = sorted(set(flow_options or {}) - set(accepted))
+    if unknown:
+        raise TypeError(
+            "`flow_options` are keyword arguments of default_flow: expected some of "
+            f"{accepted}; got {unknown}."
+        )
 
 
 def default_flow_options(user_options: dict) -> dict:

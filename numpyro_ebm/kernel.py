@@ -31,6 +31,7 @@ from numpyro_ebm._checks import key_impl_name, positive_float, positive_int, typ
 from numpyro_ebm._init_params import initialize_walkers, num_walkers_of
 from numpyro_ebm._kernel_setup import (
     DEFAULT_TARGET_ACCEPT_PROB,
+    check_flow_arguments,
     flat_potential,
     kernel_default_flow,
     num_particle_chunks,
@@ -153,10 +154,7 @@ class FlowMCKernel(MCMCKernel):
         if (model is None) == (potential_fn is None):
             given = "both" if model is not None else "neither"
             raise ValueError(f"Pass exactly one of `model` and `potential_fn`; got {given}.")
-        if flow is not None and not isinstance(flow, AbstractDistribution):
-            raise TypeError(f"`flow` must be a flowjax distribution, got {type(flow).__name__}.")
-        if flow is not None and flow_options:
-            raise ValueError("`flow_options` configure the default flow; got a `flow` as well.")
+        check_flow_arguments(flow, flow_options)
         self._model = model
         self._potential_fn = potential_fn
         self._init_strategy = init_strategy
@@ -220,6 +218,11 @@ class FlowMCKernel(MCMCKernel):
         return self._round_options["global_move"]
 
     @property
+    def num_local_steps(self) -> int:
+        """MALA steps per iteration (0: global moves only)."""
+        return self._round_options["num_local_steps"]
+
+    @property
     def is_ensemble_kernel(self) -> bool:
         """Walkers are updated together, so ``MCMC`` must use ``chain_method="vectorized"``."""
         return True
@@ -278,7 +281,7 @@ class FlowMCKernel(MCMCKernel):
         self._walker_sharding = walker_sharding(flat_position)
         dim = flat_position.shape[1]
         self._num_warmup = int(num_warmup)
-        warn_if_untuned(self._num_warmup, self._round_options["num_local_steps"], self._step_size)
+        warn_if_untuned(self._num_warmup, self.num_local_steps, self._step_size)
 
         flow = self._flow
         if flow is None:
@@ -339,10 +342,10 @@ class FlowMCKernel(MCMCKernel):
             position = jax.lax.with_sharding_constraint(position, self._walker_sharding)
         warn_after_warmup(
             adaptation,
-            info.global_accept_prob,
-            info.stranded,
+            info,
             at_end=state.adaptation.round_index + 1 == self._num_warmup,
             uses_flow=self.global_move != "none",
+            uses_local_moves=self.num_local_steps > 0,
         )
         # Running means restart when sampling starts, so the bar shows the kept draws' rates.
         phase_start = jnp.where(adapting, 0, self._num_warmup)

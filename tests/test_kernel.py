@@ -9,6 +9,7 @@ here in the pickling test. Statistical checks state their false-alarm rate.
 import contextlib
 import io
 import pickle
+import re
 from types import SimpleNamespace
 
 import arviz as az
@@ -161,6 +162,12 @@ def test_constructor_rejects_a_flow_that_is_not_a_distribution():
         FlowMCKernel(gauss_model, flow="spline")
 
 
+def test_constructor_rejects_an_unknown_flow_option():
+    # Regression: a misspelt option raised default_flow's TypeError only inside `MCMC.run`.
+    with pytest.raises(TypeError, match=r"expected some of \[.*'nn_width'.*got \['nn_widht'\]"):
+        FlowMCKernel(gauss_model, flow_options={"nn_widht": 64})
+
+
 @pytest.mark.parametrize(
     ("num_chains", "chain_method"),
     [(1, "vectorized"), (2, "sequential"), (2, "parallel")],
@@ -218,6 +225,25 @@ def test_init_params_need_the_walker_axis():
         _mcmc(kernel, num_walkers=4).run(
             jax.random.key(0), init_params={"x": jnp.zeros((4, 2)), "y": jnp.zeros(3)}
         )
+
+
+@pytest.mark.parametrize(
+    ("init_params", "detail"),
+    [
+        ({"x": jnp.zeros((4, 2))}, r"missing \['s'\], unknown \[\]"),
+        ({"x": jnp.zeros((4, 2)), "S": jnp.ones(4)}, r"missing \['s'\], unknown \['S'\]"),
+        ({"x": jnp.zeros((4, 2)), "s": jnp.ones(4), "t": jnp.ones(4)}, r"unknown \['t'\]"),
+        ({"x": jnp.zeros((4, 3)), "s": jnp.ones(4)}, r"wrong per-walker shape: \['x'\]"),
+        (jnp.zeros((4, 3)), r"type ArrayImpl with per-walker shapes \(3,\)"),
+    ],
+)
+def test_init_params_that_do_not_fit_the_model_name_its_sites(init_params, detail):
+    # Regression: a bare AssertionError (missing or misspelt site), a TypeError (a flat array),
+    # or an extra site accepted and left to random-walk to ±1e6.
+    mcmc = _mcmc(FlowMCKernel(gauss_model), num_walkers=4)
+    with pytest.raises(ValueError, match=r"expected the sites \{'s': \(\), 'x': \(2,\)\}") as info:
+        mcmc.run(jax.random.key(0), init_params=init_params)
+    assert re.search(detail, str(info.value))
 
 
 def test_integer_init_params_are_a_clear_error():

@@ -85,13 +85,16 @@ def _ridge_run():
 
 
 def test_the_ends_of_a_thin_ridge_keep_their_weight():
-    # One check of E[x1²] = 1 at family-wise false-alarm rate ALPHA (|z| < 3.29), and a clean
-    # health report. Measured: E[x1²] 0.986, 0.991, 0.995 with seeds 1, 0, 2 (0.77 for seed 1
-    # before the fix).
+    # One check of E[x1²] = 1 at family-wise false-alarm rate ALPHA (|z| < 3.29), and nothing
+    # stranded. Measured: E[x1²] 0.986, 0.991, 0.995 with seeds 1, 0, 2 (0.77 for seed 1
+    # before the fix). MALA's one step size stalls in 8 % of the kept iterations (on the bend
+    # and the ends, 0.1 wide), so the report says those parts rest on the flow alone, as NUTS
+    # reports divergences there; that is its only problem (tests/test_stalled.py).
     z, health, messages = _ridge_run()
     assert abs(z) < two_sided_z(ALPHA)
     assert health.stranded_fraction <= MAX_STRANDED_FRACTION
-    assert health.problems == () and messages == []
+    assert len(health.problems) == 1 and "local moves stalled" in health.problems[0]
+    assert not any("stranded" in message for message in messages)
 
 
 def test_control_the_old_stopping_rule_loses_the_ends_and_the_health_check_says_so(monkeypatch):
