@@ -62,8 +62,9 @@ def check_init_params(init_params: Any, num_walkers: int, *, from_model: bool) -
         if from_model:
             raise ValueError(
                 "FlowMCKernel samples a model's latent sites: expected a model with at least "
-                "one latent (not observed) sample site of positive size; got none (latent "
-                f"sites and their shapes: {shapes})."
+                "one latent (not observed) continuous sample site of positive size; got none "
+                f"(latent sites and their shapes: {shapes}; discrete sites, which NumPyro "
+                "enumerates, are summed out and not sampled)."
             )
         raise ValueError(
             "Expected `init_params` with at least one coordinate per walker to sample; got "

@@ -272,7 +272,7 @@ def test_model_without_latent_sites_is_a_clear_error(model, shapes):
     mcmc = _mcmc(FlowMCKernel(model), num_walkers=4, num_warmup=2, num_samples=2)
     with pytest.raises(ValueError, match="at least one latent") as info:
         mcmc.run(jax.random.key(0))
-    assert f"got none (latent sites and their shapes: {shapes})" in str(info.value)
+    assert f"got none (latent sites and their shapes: {shapes}; discrete sites" in str(info.value)
 
 
 def test_init_params_without_coordinates_is_a_clear_error():
