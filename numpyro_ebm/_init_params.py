@@ -41,7 +41,7 @@ def check_init_params(init_params: Any, num_walkers: int, *, from_model: bool) -
         >>> check_init_params({}, 4, from_model=True)
         Traceback (most recent call last):
         ...
-        ValueError: FlowMCKernel samples a model's latent sites: ...; got none (... {}).
+        ValueError: FlowMCKernel samples a model's latent sites: ...; got none (... {}; ...).
     """
     leaves = jax.tree.leaves(init_params)
     for leaf in leaves:
