@@ -58,7 +58,7 @@ def check_init_params(init_params: Any, num_walkers: int, *, from_model: bool) -
                 f"num_chains={num_walkers}; got a leaf of shape {np.shape(leaf)}."
             )
     if sum(int(np.prod(np.shape(leaf)[1:])) for leaf in leaves) == 0:
-        shapes = jax.tree.map(lambda leaf: tuple(np.shape(leaf)[1:]), init_params)
+        shapes = _per_walker_shapes(init_params)
         if from_model:
             raise ValueError(
                 "FlowMCKernel samples a model's latent sites: expected a model with at least "
