@@ -63,9 +63,12 @@ def test_notebook_runs_in_fast_mode(path, kernel_spec_manager, monkeypatch, tmp_
         resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
     )
     start = time.perf_counter()
-    client.execute()
+    # The client shuts down a kernel manager it was given only when told to: otherwise the
+    # kernel process and the client's heartbeat thread outlive the test.
+    client.execute(cleanup_kc=True)
     seconds = time.perf_counter() - start
     print(f"{path.name}: fast mode in {seconds:.0f} s")
+    assert not manager.has_kernel, "the notebook's kernel outlived its run"
     outputs = "".join(
         output.get("text", "")
         for cell in notebook.cells
