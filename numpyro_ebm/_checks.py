@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from typing import Any
@@ -9,7 +10,13 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["key_impl_name", "positive_float", "positive_int", "typed_key"]
+__all__ = [
+    "key_impl_name",
+    "positive_float",
+    "positive_int",
+    "store_python_scalars",
+    "typed_key",
+]
 
 
 def positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -62,6 +69,33 @@ def positive_float(name: str, value: Any) -> float:
     ):
         raise ValueError(f"`{name}` must be a positive finite number, got {value!r}.")
     return float(value)
+
+
+def store_python_scalars(settings: Any) -> None:
+    """Replace a frozen dataclass's NumPy and 0-d array fields by the Python numbers they hold.
+
+    Sweeps give settings as NumPy scalars (``for n in np.arange(...)``); stored as given, they
+    would pass the checks (``numbers.Integral`` admits ``np.int64``) and then fail where the
+    settings are written as JSON, after the work. Called first in ``__post_init__``.
+
+    Args:
+        settings: A dataclass instance (frozen or not); changed in place.
+
+    Example:
+        >>> import dataclasses, numpy as np
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class Settings:
+        ...     num_walkers: int
+        ...     step_size: float
+        >>> settings = Settings(np.arange(100)[64], np.float32(0.5))
+        >>> store_python_scalars(settings)
+        >>> settings
+        Settings(num_walkers=64, step_size=0.5)
+    """
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if isinstance(value, np.generic | np.ndarray | jax.Array) and np.shape(value) == ():
+            object.__setattr__(settings, field.name, np.asarray(value).item())
 
 
 def is_key_array(leaf: Any) -> bool:

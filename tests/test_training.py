@@ -1,3 +1,4 @@
+import json
 import math
 import pickle
 import warnings
@@ -336,6 +337,25 @@ def test_config_validation(changes, match):
     with pytest.raises(ValueError, match=r"objective 'pcd'.*\['epochs'\]"):
         TrainConfig().with_settings(epochs=3)
     assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
+
+
+@pytest.mark.parametrize("objective", ["pcd", "cd", "short-run", "coopflow", "nce", "dsm", "ssm"])
+def test_numpy_scalars_from_a_sweep_are_stored_as_python_numbers(objective):
+    """``for n in np.arange(...)`` gives np.int64 settings; they used to pass the checks and
+    then fail in ``json.dumps`` when the run directory was written, after the training."""
+    config = TrainConfig(objective)
+    numbers = {**config.to_dict(), **config.objective.to_dict()}
+    as_numpy = {
+        name: np.float32(value) if isinstance(value, float) else np.int64(value)
+        for name, value in numbers.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+    swept = config.with_settings(**as_numpy)
+    stored = {**swept.to_dict(), **swept.objective.to_dict()}
+    numpy_left = {k: type(v) for k, v in stored.items() if isinstance(v, np.generic)}
+    assert not numpy_left
+    assert TrainConfig.from_dict(json.loads(json.dumps(swept.to_dict()))) == swept
+    assert swept.num_epochs == config.num_epochs and type(swept.num_epochs) is int
 
 
 def test_config_reads_settings_written_before_objectives():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from numpyro_ebm._checks import positive_float, positive_int
+from numpyro_ebm._checks import positive_float, positive_int, store_python_scalars
 from numpyro_ebm.preprocessing import PREPROCESS_CHOICES
 from numpyro_ebm.training.energy_specs import ENERGY_NAMES
 from numpyro_ebm.training.objectives import PCD, ObjectiveSettings, objective_settings
@@ -105,6 +105,7 @@ class TrainConfig:
     devices: int | None = None
 
     def __post_init__(self):
+        store_python_scalars(self)
         object.__setattr__(self, "objective", objective_settings(self.objective))
         for name in (
             "num_epochs",

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 from flowjax.distributions import AbstractDistribution
 
+from numpyro_ebm._checks import store_python_scalars
+
 __all__ = [
     "Metrics",
     "Objective",
@@ -93,10 +95,21 @@ class ObjectiveSettings:
     """Base of the objectives' settings: frozen, validated, JSON round-trip, builds the objective.
 
     Subclasses set :attr:`name`, declare their settings as dataclass fields, validate them in
-    ``__post_init__`` and implement :meth:`build`.
+    :meth:`check` and implement :meth:`build`.
     """
 
     name: ClassVar[str] = ""
+
+    def __post_init__(self):
+        store_python_scalars(self)
+        self.check()
+
+    def check(self) -> None:
+        """Validate the settings (called on construction, after NumPy scalars became numbers).
+
+        Raises:
+            ValueError: Naming a setting, what it expects and what it got.
+        """
 
     def build(self, context: ObjectiveContext) -> Objective:
         """Build the objective for a model.

@@ -23,7 +23,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import NamedTuple, override
 
 import jax
 
@@ -79,7 +79,8 @@ class CD(ObjectiveSettings):
     step_size: float = ULA_STEP_SIZE
     l2_penalty: float = 0.0
 
-    def __post_init__(self):
+    @override
+    def check(self) -> None:
         check_chain_settings(self.sampler, self.num_steps, self.step_size, self.l2_penalty)
 
     def build(self, context: ObjectiveContext) -> Objective:

@@ -19,7 +19,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, override
 
 import jax
 
@@ -88,7 +88,8 @@ class CoopFlow(ObjectiveSettings):
     flow_learning_rate: float = 1e-3
     l2_penalty: float = 0.0
 
-    def __post_init__(self):
+    @override
+    def check(self) -> None:
         check_chain_settings("ula", self.num_steps, self.step_size, self.l2_penalty)
         positive_int("num_negatives", self.num_negatives, 2)
         positive_int("num_fit_steps", self.num_fit_steps)

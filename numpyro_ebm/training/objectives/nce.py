@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, override
 
 import jax
 import jax.numpy as jnp
@@ -148,7 +148,8 @@ class NCE(ObjectiveSettings):
     flow_objective: str = "fce"
     flow_learning_rate: float = 1e-3
 
-    def __post_init__(self):
+    @override
+    def check(self) -> None:
         positive_float("noise_ratio", self.noise_ratio)
         if self.flow_objective not in FLOW_OBJECTIVES:
             raise ValueError(

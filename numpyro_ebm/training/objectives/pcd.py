@@ -16,6 +16,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+from typing import override
 
 from numpyro_ebm._checks import positive_float, positive_int
 from numpyro_ebm.training.negatives import (
@@ -71,7 +72,8 @@ class PCD(ObjectiveSettings):
     fit_batch_size: int = 256
     l2_penalty: float = 0.0
 
-    def __post_init__(self):
+    @override
+    def check(self) -> None:
         if self.sampler not in NEGATIVE_SAMPLERS:
             raise ValueError(f"expected `sampler` in {NEGATIVE_SAMPLERS}, got {self.sampler!r}")
         if self.global_move not in ("isir", "imh"):

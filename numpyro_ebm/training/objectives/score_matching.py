@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, override
 
 import jax
 import jax.numpy as jnp
@@ -136,7 +136,8 @@ class DSM(ObjectiveSettings):
     num_noise_levels: int = 1
     min_noise_scale: float = 0.01
 
-    def __post_init__(self):
+    @override
+    def check(self) -> None:
         positive_float("noise_scale", self.noise_scale)
         positive_int("num_noise_levels", self.num_noise_levels, 1)
         positive_float("min_noise_scale", self.min_noise_scale)
@@ -219,7 +220,8 @@ class SSM(ObjectiveSettings):
     projection: str = "rademacher"
     num_projections: int = 1
 
-    def __post_init__(self):
+    @override
+    def check(self) -> None:
         if self.projection not in PROJECTIONS:
             raise ValueError(f"expected `projection` in {PROJECTIONS}, got {self.projection!r}")
         positive_int("num_projections", self.num_projections, 1)

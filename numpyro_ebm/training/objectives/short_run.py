@@ -24,7 +24,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import NamedTuple, override
 
 import jax
 import jax.numpy as jnp
@@ -89,7 +89,8 @@ class ShortRun(ObjectiveSettings):
     reinit_prob: float = 0.05
     l2_penalty: float = 0.0
 
-    def __post_init__(self):
+    @override
+    def check(self) -> None:
         check_chain_settings("ula", self.num_steps, self.step_size, self.l2_penalty)
         positive_int("num_negatives", self.num_negatives, 2)
         positive_int("buffer_size", self.buffer_size, 0)
