@@ -305,6 +305,15 @@ def test_unknown_dataset_name_is_a_clear_error():
         Trainer("three-moons", TrainConfig().with_settings(**MINI))
 
 
+def test_a_state_of_another_dimension_is_a_clear_error(ula_run):
+    points = np.random.default_rng(0).normal(size=(64, 3))
+    trainer = Trainer(points, ula_run.trainer.config)
+    with pytest.raises(ValueError, match=r"dimension 3, 128 walkers\): energy parameters"):
+        trainer.fit(ula_run.state, progress_bar=False)
+    with pytest.raises(TypeError, match=r"expected `state` a TrainState.*got dict"):
+        trainer.fit(dict(ula_run.state._asdict()), progress_bar=False)
+
+
 def test_file_dataset_trains(tmp_path):
     path = tmp_path / "points.csv"
     points = np.random.default_rng(0).normal(size=(200, 3)) + 1.0

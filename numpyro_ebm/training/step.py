@@ -25,7 +25,7 @@ from numpyro_ebm.training.objectives import Metrics, Objective
 if TYPE_CHECKING:
     from numpyro_ebm.training.trainer import Trainer
 
-__all__ = ["TrainResult", "TrainState", "train_chunk", "train_step"]
+__all__ = ["TrainResult", "TrainState", "check_given_state", "train_chunk", "train_step"]
 
 
 class TrainState(NamedTuple):
@@ -48,6 +48,51 @@ class TrainState(NamedTuple):
     objective_state: Any
     step: jax.Array
     rng_key: jax.Array
+
+
+def check_given_state(state: Any, energy_params: Any, walkers_shape: tuple[int, int]) -> None:
+    """Raise unless ``state`` could come from a trainer of these settings.
+
+    A state passed to :meth:`Trainer.fit` from a run on data of another dimension or with
+    another network would otherwise fail deep inside the step with JAX's pytree error.
+
+    Args:
+        state: The given state.
+        energy_params: The trainer's initial energy parameters (structure and shapes).
+        walkers_shape: ``(num_walkers, dim)`` of the trainer.
+
+    Raises:
+        TypeError: If ``state`` is not a :class:`TrainState`.
+        ValueError: If its energy parameters' structure or shapes differ.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> params = {"w": jnp.zeros((3, 8))}
+        >>> state = TrainState({"w": jnp.zeros((2, 8))}, None, None, None, 0, None)
+        >>> check_given_state(state, params, (16, 3))
+        Traceback (most recent call last):
+        ...
+        ValueError: expected a `state` of this trainer (points of dimension 3, 16 walkers): ...
+    """
+    if not isinstance(state, TrainState):
+        raise TypeError(
+            "expected `state` a TrainState (`trainer.init_state()` or a fit's `result.state`), "
+            f"got {type(state).__name__}"
+        )
+    given, expected = _shapes(state.energy_params), _shapes(energy_params)
+    if given != expected:
+        num_walkers, dim = walkers_shape
+        raise ValueError(
+            f"expected a `state` of this trainer (points of dimension {dim}, {num_walkers} "
+            f"walkers): energy parameters of shapes {expected[1]}, got {given[1]} (a state of "
+            "a run on other data, or with another network?)"
+        )
+
+
+def _shapes(tree: Any) -> tuple[Any, list[tuple[int, ...]]]:
+    """The structure of a pytree and the shapes of its leaves."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, [tuple(jnp.shape(leaf)) for leaf in leaves]
 
 
 class TrainResult(NamedTuple):

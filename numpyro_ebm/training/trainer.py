@@ -55,7 +55,7 @@ from numpyro_ebm.training.run_dir import (
     open_run,
     save_training_checkpoint,
 )
-from numpyro_ebm.training.step import TrainResult, TrainState, train_chunk
+from numpyro_ebm.training.step import TrainResult, TrainState, check_given_state, train_chunk
 from numpyro_ebm.training.validation import (
     VALIDATION_KEY,
     best_epoch,
@@ -307,7 +307,11 @@ class Trainer:
             positive_int("num_epochs", num_epochs, 1)
             cfg = cfg.replace(num_epochs=num_epochs)
         time_start = time.perf_counter()
-        state = self.init_state() if state is None else state
+        if state is None:
+            state = self.init_state()
+        else:
+            walkers_shape = (self.objective.num_walkers, self.dim)
+            check_given_state(state, self._initial_energy_params, walkers_shape)
         state, history, partial, paths, best_state = open_run(
             None if out_dir is None else Path(out_dir),
             state,
