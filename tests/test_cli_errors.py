@@ -98,6 +98,16 @@ def test_resume_without_settings_continues_with_the_right_flags(run):
     )
 
 
+def test_resume_to_fewer_epochs_than_done_fails_cleanly(run, capsys):
+    # Regression: it returned the longer run's state and rewrote settings.json to the fewer
+    # epochs, so the run directory contradicted itself.
+    flags = ["--fast", "--sampler", "ula"]
+    assert main([*_resume(run), *flags, "--epochs", "2"]) == 0
+    _fails_cleanly(
+        [*_resume(run), *flags, "--epochs", "1"], run, capsys, run, "expected `num_epochs` >= 2"
+    )
+
+
 @pytest.mark.parametrize(
     ("damage", "what"),
     [

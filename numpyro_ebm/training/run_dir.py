@@ -7,6 +7,7 @@ once both exist). Reading is in :mod:`~numpyro_ebm.training.run_files`, which ch
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -33,6 +34,7 @@ __all__ = [
     "RUN_OUTPUTS",
     "SETTINGS_FILE",
     "RunStart",
+    "check_epochs_to_reach",
     "check_saved_settings",
     "open_run",
     "clear_run",
@@ -246,6 +248,29 @@ def restore_checkpoint(
     return RunStart(state, meta["history"], meta["partial_epoch"], paths)
 
 
+def check_epochs_to_reach(out_dir: Path, step: int, config: dict[str, Any]) -> None:
+    """Raise if a resumed run has already done more than ``config``'s ``num_epochs``.
+
+    Resuming then would return the longer run's state while ``settings.json`` said fewer
+    epochs: the run directory would contradict itself.
+
+    Example:
+        >>> from pathlib import Path
+        >>> check_epochs_to_reach(Path("run"), 600, {"num_epochs": 3, "steps_per_epoch": 200})
+        >>> check_epochs_to_reach(Path("run"), 600, {"num_epochs": 1, "steps_per_epoch": 200})
+        Traceback (most recent call last):
+        ...
+        ValueError: run: expected `num_epochs` >= 3 to resume a run that has done 3 epochs ...
+    """
+    steps_per_epoch = config["steps_per_epoch"]
+    if step > config["num_epochs"] * steps_per_epoch:
+        done = step / steps_per_epoch
+        raise ValueError(
+            f"{out_dir}: expected `num_epochs` >= {math.ceil(done)} to resume a run that has "
+            f"done {done:g} epochs ({step} steps), got {config['num_epochs']}"
+        )
+
+
 def open_run(
     out_dir: Path | None,
     state: Any,
@@ -272,7 +297,8 @@ def open_run(
         The given state with an empty history, or the latest checkpoint's.
 
     Raises:
-        ValueError: If ``resume`` is asked without ``out_dir``, or the saved settings differ.
+        ValueError: If ``resume`` is asked without ``out_dir``, the saved settings differ, or
+            the run has already gone past the epochs to reach.
     """
     if resume and out_dir is None:
         raise ValueError("expected `out_dir` to resume from, got None")
@@ -281,6 +307,7 @@ def open_run(
         check_saved_settings(out_dir, settings)
         restored = restore_checkpoint(out_dir, state, dim=settings["dim"])
         if restored is not None:
+            check_epochs_to_reach(out_dir, int(restored.state.step), settings_to_write["config"])
             best = restore_checkpoint(out_dir, state, BEST_CHECKPOINT_DIR, dim=settings["dim"])
             start = restored._replace(best_state=None if best is None else best.state)
     if out_dir is not None:
