@@ -174,9 +174,12 @@ history = pd.DataFrame(ebm.history).set_index("step")
 fig, (ax_loss, ax_valid) = plt.subplots(1, 2, figsize=(10, 3.5), sharex=True)
 ax_loss.plot(history.index, history["loss"], marker="o", ms=3)
 ax_loss.set(xlabel="training step", ylabel="loss (energy gap)", title="contrastive loss")
-valid_ll = history["val_log_likelihood"] + prep.log_det_jacobian  # raw pixel units
-ax_valid.errorbar(
-    history.index, valid_ll, yerr=2 * history["val_log_likelihood_stderr"], marker="o", ms=3
+ax_valid.errorbar(  # the trainer's validation figures are in raw pixel units
+    history.index,
+    history["val_log_likelihood"],
+    yerr=2 * history["val_log_likelihood_stderr"],
+    marker="o",
+    ms=3,
 )
 flow_valid_ll = np.mean(jax.vmap(coupling.log_prob)(jnp.asarray(probe.validation_data)))
 ax_valid.axhline(flow_valid_ll + prep.log_det_jacobian, color="C1", ls="--", label="coupling flow")
@@ -306,7 +309,7 @@ for sampler, result in class_runs.items():
     steps = [entry["step"] for entry in result.history]
     weights_of_zero[sampler] = np.array([entry["mode_weights"][0] for entry in result.history])
     ax_share.plot(steps, weights_of_zero[sampler], marker="o", ms=3, label=f"{sampler} negatives")
-    valid = [entry["val_log_likelihood"] + prep.log_det_jacobian for entry in result.history]
+    valid = [entry["val_log_likelihood"] for entry in result.history]
     ax_valid.plot(steps, valid, marker="o", ms=3, label=sampler)
 ax_share.axhline(2 / 3, color="k", ls="--", label="truth (2/3)")
 ax_share.set(xlabel="training step", ylabel="share of 0s among the negatives", ylim=(-0.02, 1.02))

@@ -10,6 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from numpyro_ebm._warnings import warn_user
+from numpyro_ebm.training.validation import VALIDATION_KEY, trusted_validation
 
 __all__ = ["EpochProgress", "chunk_size", "postfix", "runaway_message"]
 
@@ -48,15 +49,25 @@ def chunk_size(steps_per_epoch: int, checkpoint_every: int) -> int:
 def postfix(values: dict[str, Any]) -> str:
     """The bar's text: loss, acceptances and mode weights, those of ``values`` that exist.
 
+    A validation whose log Z rests on too few effective draws to be trusted (it never counts
+    as the best, :func:`~numpyro_ebm.training.validation.trusted_validation`) says so.
+
     Example:
         >>> postfix({"loss": 0.12345, "accept_prob": 0.5, "mode_weights": [0.6, 0.4]})
         'loss 0.123, acc 0.50, w 0.60/0.40'
+        >>> postfix({"val_log_likelihood": -14.7, "val_importance_ess": 3.9, "val_draws": 256})
+        'val LL -14.70 (untrusted: ESS 4 of 256 draws)'
     """
     text = ", ".join(
         f"{label} {values[name]:.{3 if name == 'loss' else 2}f}"
         for name, label in _POSTFIX_METRICS.items()
         if name in values
     )
+    if VALIDATION_KEY in values and trusted_validation(values) == -math.inf:
+        text += (
+            f" (untrusted: ESS {values.get('val_importance_ess', math.nan):.0f} of "
+            f"{values.get('val_draws', 0)} draws)"
+        )
     if "mode_weights" in values:
         text += ", w " + "/".join(f"{w:.2f}" for w in values["mode_weights"])
     return text

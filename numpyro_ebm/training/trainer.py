@@ -277,7 +277,7 @@ class Trainer:
         (when the dataset's modes are known and the model's weights can be measured),
         ``negatives_rhat`` (persistent negatives' R̂,
         :mod:`~numpyro_ebm.training.validation`; a warning when they stop mixing),
-        ``val_log_likelihood`` with its ``_stderr`` and ``val_importance_ess`` (every
+        ``val_log_likelihood`` (raw units) with ``_stderr`` and ``val_importance_ess`` (every
         ``validate_every`` epochs, with validation data) and ``time_s``. The best
         validation's state is kept (``best_checkpoint/``); ``patience`` stops the run early.
 

@@ -54,6 +54,7 @@ def validate(
     *,
     base_scale: float,
     num_samples: int,
+    log_det_jacobian: float = 0.0,
 ) -> dict[str, float]:
     """The validation points' mean log-likelihood under the model, by importance sampling.
 
@@ -64,10 +65,13 @@ def validate(
         validation: Validation points ``(n, d)`` in the model's coordinates.
         base_scale: σ of ρ.
         num_samples: Importance draws.
+        log_det_jacobian: ``log |det ∂z/∂x|`` of the map from the raw data to the model's
+            coordinates (:attr:`~numpyro_ebm.preprocessing.Preprocessing.log_det_jacobian`),
+            added so that the figure is in the raw data's units, as ``numpyro-ebm evaluate``'s.
 
     Returns:
-        ``val_log_likelihood`` and its ``_stderr`` (nats per point), ``val_importance_ess``
-        and ``val_draws`` (the importance draws).
+        ``val_log_likelihood`` (nats per raw point) and its ``_stderr``,
+        ``val_importance_ess`` and ``val_draws`` (the importance draws).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -81,7 +85,7 @@ def validate(
     estimate = importance_log_normalizer(rng_key, potential_fn, proposal, num_samples)
     mean, stderr = heldout_log_likelihood(potential_fn, validation, estimate)
     return {
-        VALIDATION_KEY: mean,
+        VALIDATION_KEY: mean + log_det_jacobian,
         f"{VALIDATION_KEY}_stderr": stderr,
         "val_importance_ess": estimate.ess,
         "val_draws": num_samples,
@@ -176,6 +180,8 @@ def mixing_message(entry: dict[str, Any], global_moves: bool = True) -> str | No
     Example:
         >>> mixing_message({"epoch": 4, "negatives_rhat": 1.8})[:45]
         'epoch 4: the negatives are not mixing (R̂ 1.8'
+        >>> "flowmc" in mixing_message({"epoch": 4, "negatives_rhat": 1.8}, global_moves=False)
+        True
         >>> mixing_message({"epoch": 4, "negatives_rhat": 1.02, "global_accept_prob": 0.3})
     """
     problems = []
@@ -198,10 +204,17 @@ def mixing_message(entry: dict[str, Any], global_moves: bool = True) -> str | No
         )
     if not problems:
         return None
+    remedy = (
+        "More local steps per round (`num_local_steps`), more walkers, a larger flow or a "
+        "smaller `learning_rate` usually help."
+        if global_moves
+        else "Local moves alone rarely cross between modes: flow-assisted negatives "
+        '(`sampler="flowmc"`) move walkers between them; more steps or walkers, or a smaller '
+        "`learning_rate`, help less."
+    )
     return (
         f"epoch {entry['epoch']}: {'; '.join(problems)}. The negatives then miss modes and the "
-        "learned mode weights drift. More local steps per round (`num_local_steps`), more "
-        "walkers, a larger flow or a smaller `learning_rate` usually help."
+        f"learned mode weights drift. {remedy}"
     )
 
 
@@ -280,5 +293,6 @@ def epoch_extra(trainer: Any, state: Any, step: int, paths: list[np.ndarray]) ->
             trainer.validation_data,
             base_scale=trainer.base_scale,
             num_samples=config.validation_samples,
+            log_det_jacobian=trainer.preprocessing.log_det_jacobian,
         )
     return extra
