@@ -71,6 +71,10 @@ def _edit_json(path, edit):
     path.write_text(json.dumps(edit(content)))
 
 
+def _with_preprocessing(settings, **changes):
+    return {**settings, "preprocessing": {**settings["preprocessing"], **changes}}
+
+
 # -- train --resume ------------------------------------------------------------------------
 
 
@@ -159,6 +163,11 @@ def test_resume_with_a_damaged_checkpoint(run, capsys, suffix, damage, what):
         (lambda path: _edit_json(path, lambda s: {**s, "base_scale": -1.0}),
          "key 'base_scale' must be a positive finite number, got -1.0"),
         (lambda path: path.write_text("null"), "expected a JSON object, got NoneType"),
+        (lambda path: _edit_json(path, lambda s: _with_preprocessing(s, scale=[1.0])),
+         "expected `shift` and `scale` of one shape (d,), got (2,) and (1,)"),
+        (lambda path: _edit_json(path, lambda s: _with_preprocessing(s, shift=[0.0] * 3,
+                                                                     scale=[1.0] * 3)),
+         "expected a preprocessing of dimension 2, got 3"),
     ],
 )  # fmt: skip
 def test_sample_with_a_damaged_model_json(run, capsys, damage, what):

@@ -231,6 +231,7 @@ def load_model(out_dir: str | os.PathLike, energy: eqx.Module | None = None) -> 
     settings = read_model_settings(settings_path)
     try:
         energy, flow_params, flow_static = _templates(settings, energy)
+        _check_preprocessing(settings)
     except (TypeError, ValueError) as error:
         raise type(error)(f"{settings_path}: {error}") from error
     energy_params, energy_static = eqx.partition(energy, eqx.is_array)
@@ -299,6 +300,14 @@ def load_energy(
         return energies if x.ndim == 2 else energies[0]
 
     return total_energy
+
+
+def _check_preprocessing(settings: dict[str, Any]) -> None:
+    """Raise if the saved preprocessing is damaged or of another dimension than the model."""
+    dim = int(settings["dim"])
+    prep = saved_preprocessing(settings)
+    if prep.dim != dim:
+        raise ValueError(f"expected a preprocessing of dimension {dim}, got {prep.dim}")
 
 
 def saved_preprocessing(settings: dict[str, Any]) -> Preprocessing:
