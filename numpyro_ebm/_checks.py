@@ -14,6 +14,7 @@ __all__ = [
     "key_impl_name",
     "positive_float",
     "positive_int",
+    "seed_value",
     "store_python_scalars",
     "typed_key",
 ]
@@ -41,6 +42,26 @@ def positive_int(name: str, value: Any, minimum: int = 1) -> int:
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+#: Seeds are 32-bit: JAX's default PRNG keeps only the low 32 bits of a larger seed (without
+#: x64), so seeds 5 and 2**32 + 5 would give the same run.
+SEED_LIMIT = 2**32
+
+
+def seed_value(name: str, value: Any) -> int:
+    """Return ``value`` as an ``int`` if it is an integer in ``[0, 2**32)``, else raise.
+
+    Example:
+        >>> seed_value("seed", 2**32 + 5)
+        Traceback (most recent call last):
+        ...
+        ValueError: `seed` must be an integer in [0, 2**32), got 4294967301.
+    """
+    is_integer = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not (is_integer and 0 <= value < SEED_LIMIT):
+        raise ValueError(f"`{name}` must be an integer in [0, 2**32), got {value!r}.")
     return int(value)
 
 

@@ -27,7 +27,7 @@ from numpyro.infer.initialization import init_to_sample
 from numpyro.infer.mcmc import MCMCKernel
 from numpyro.util import identity
 
-from numpyro_ebm._checks import key_impl_name, positive_float, positive_int, typed_key
+from numpyro_ebm._checks import key_impl_name, positive_float, positive_int, seed_value, typed_key
 from numpyro_ebm._init_params import initialize_walkers, num_walkers_of
 from numpyro_ebm._kernel_setup import (
     DEFAULT_TARGET_ACCEPT_PROB,
@@ -172,7 +172,7 @@ class FlowMCKernel(MCMCKernel):
             memory_budget_bytes=positive_int("memory_budget_bytes", memory_budget_bytes),
         )
         self._buffer_size = positive_int("buffer_size", buffer_size)
-        self._flow_seed = int(flow_seed)
+        self._flow_seed = seed_value("flow_seed", flow_seed)
         self._round_options = round_options(
             num_local_steps=num_local_steps,
             global_move=global_move,

@@ -135,6 +135,7 @@ def _potential(z):
         (dict(), "exactly one.*got neither"),
         (dict(model=gauss_model, global_move="mh"), "'isir', 'imh' or 'none', got 'mh'"),
         (dict(model=gauss_model, num_particles=1), "num_particles.*>= 2, got 1"),
+        (dict(model=gauss_model, flow_seed=2**32), r"flow_seed.*\[0, 2\*\*32\), got 4294967296"),
         (dict(model=gauss_model, num_particles=8.0), "num_particles.*integer.*got 8.0"),
         (dict(model=gauss_model, num_local_steps=-1), "num_local_steps.*>= 0, got -1"),
         (

@@ -336,6 +336,7 @@ def test_file_dataset_trains(tmp_path):
         ({"ema_decay": 1.0}, "ema_decay"),
         ({"batch_size": 2.5}, "batch_size"),
         ({"validation_samples": 1}, "validation_samples"),
+        ({"seed": 2**32 + 5}, r"seed.*\[0, 2\*\*32\), got 4294967301"),
     ],
 )
 def test_config_validation(changes, match):

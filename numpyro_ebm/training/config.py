@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from numpyro_ebm._checks import positive_float, positive_int, store_python_scalars
+from numpyro_ebm._checks import positive_float, positive_int, seed_value, store_python_scalars
 from numpyro_ebm.preprocessing import PREPROCESS_CHOICES
 from numpyro_ebm.training.energy_specs import ENERGY_NAMES
 from numpyro_ebm.training.objectives import PCD, ObjectiveSettings, objective_settings
@@ -119,7 +119,7 @@ class TrainConfig:
             positive_int(name, getattr(self, name), 1)
         positive_int("validation_samples", self.validation_samples, 2)  # a log Z's std. error
         positive_int("grid_points", self.grid_points, 2)
-        positive_int("seed", self.seed, 0)
+        seed_value("seed", self.seed)
         if self.devices is not None:
             positive_int("devices", self.devices, 1)
         if self.preprocess not in PREPROCESS_CHOICES:
