@@ -129,6 +129,27 @@ def test_resume_refuses_other_data_behind_the_same_path(tmp_path):
     assert [step for step, _ in checkpoint_paths(out / "checkpoints")] == [4, 8]
 
 
+def test_resume_with_another_seed_names_the_seed_not_other_data(tmp_path):
+    # The seed draws the validation split, hence σ and the preprocessing: the message used to
+    # list them too and ask whether other data was behind the path.
+    path, out = tmp_path / "points.npy", tmp_path / "run"
+    config = TrainConfig("pcd", **SMALL).with_settings(sampler="ula", num_walkers=16)
+    np.save(path, _raw_points())
+    Trainer(path, config).fit(out_dir=out, progress_bar=False)
+    with pytest.raises(ValueError, match="seed: saved 0, given 1") as caught:
+        Trainer(path, config.replace(seed=1)).fit(out_dir=out, resume=True, progress_bar=False)
+    assert "preprocessing" not in str(caught.value) and "base_scale" not in str(caught.value)
+
+
+def test_a_run_directory_that_is_a_file_is_named(tmp_path):
+    out = tmp_path / "run"
+    out.write_text("not a directory")
+    config = TrainConfig("pcd", **SMALL).with_settings(sampler="ula", num_walkers=16)
+    with pytest.raises(NotADirectoryError, match="expected a run directory, got a file"):
+        train(_raw_points(), config, out_dir=out, progress_bar=False)
+    assert out.read_text() == "not a directory"
+
+
 class _Killed(Exception):
     """Stands for the process being killed."""
 

@@ -69,6 +69,8 @@ RUN_OUTPUTS = (
 #: Settings of a run's data that a resumed run must share: the same path with other data in it
 #: gives another preprocessing, σ or dimension.
 _DATA_SETTINGS = ("dataset", "dim", "base_scale", "preprocessing")
+#: Settings that choose the training points, from which σ and the preprocessing are computed.
+_SPLIT_SETTINGS = frozenset({"seed", "num_data", "validation_fraction", "preprocess"})
 
 
 class RunStart(NamedTuple):
@@ -120,15 +122,21 @@ def check_saved_settings(out_dir: Path, current: dict[str, Any]) -> None:
             )
         return
     saved, saved_config = read_run_settings(path)
-    differences = []
-    for name in (*_DATA_SETTINGS, "energy"):  # runs of earlier releases record fewer
-        if name in saved and saved[name] != current[name]:
-            differences.append(_difference(name, saved[name], current[name]))
     # Compare through TrainConfig so that settings written by an older release still match.
     saved_settings = saved_config.to_dict()
-    for name, value in current["config"].items():
-        if name not in RESUMABLE_CHANGES and saved_settings.get(name) != value:
-            differences.append(f"{name}: saved {saved_settings.get(name)!r}, given {value!r}")
+    given = current["config"]
+    changed = [
+        name
+        for name in given
+        if name not in RESUMABLE_CHANGES and saved_settings.get(name) != given[name]
+    ]
+    differences = [f"{k}: saved {saved_settings.get(k)!r}, given {given[k]!r}" for k in changed]
+    # Another split of the data gives another σ and preprocessing: name only its cause.
+    split_changed = not _SPLIT_SETTINGS.isdisjoint(changed)
+    for name in (*_DATA_SETTINGS, "energy"):  # runs of earlier releases record fewer
+        derived = split_changed and name in ("base_scale", "preprocessing")
+        if name in saved and saved[name] != current[name] and not derived:
+            differences.append(_difference(name, saved[name], current[name]))
     if differences:
         raise ValueError(
             f"expected the settings saved in {str(path)!r} to resume, got different ones: "
@@ -299,9 +307,12 @@ def open_run(
     Raises:
         ValueError: If ``resume`` is asked without ``out_dir``, the saved settings differ, or
             the run has already gone past the epochs to reach.
+        NotADirectoryError: If ``out_dir`` is a file.
     """
     if resume and out_dir is None:
         raise ValueError("expected `out_dir` to resume from, got None")
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir}: expected a run directory, got a file")
     start = RunStart(state, [], {}, [])
     if resume:
         check_saved_settings(out_dir, settings)
