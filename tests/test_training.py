@@ -387,6 +387,7 @@ def test_evaluate_reports_2d_metrics(ula_run):
     assert metrics["median_sq_log_density_error"] >= 0
     assert metrics["negatives_max_rhat"] >= 0.99
     assert metrics["negatives_num_chains"] == 64
+    assert "final_loss" in metrics and "final_flow_loss" not in metrics  # ULA: no flow, no NaN
     assert metrics["negatives_num_draws"] >= 10
 
 

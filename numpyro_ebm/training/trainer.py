@@ -282,8 +282,8 @@ class Trainer:
         validation's state is kept (``best_checkpoint/``); ``patience`` stops the run early.
 
         Args:
-            state: Start from this state instead of :meth:`init_state` (ignored when resuming
-                from a checkpoint).
+            state: Start from this state instead of :meth:`init_state`, with a new history
+                (ignored when resuming: ``out_dir`` and ``resume`` continue a history too).
             out_dir: Directory for ``settings.json`` and ``checkpoints/``; ``None`` keeps
                 nothing on disk.
             resume: Continue from the last checkpoint in ``out_dir``. The settings must equal
