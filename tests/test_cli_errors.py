@@ -121,7 +121,7 @@ def test_resume_to_fewer_epochs_than_done_fails_cleanly(run, capsys):
         (lambda path: _edit_json(path, lambda s: {**s, "config": []}),
          "key 'config' must be an object, got []"),
         (lambda path: _edit_json(path, lambda s: {**s, "config": {**s["config"], "seed": "x"}}),
-         "`seed` must be an integer >= 0, got 'x'"),
+         "`seed` must be an integer in [0, 2**32), got 'x'"),
         (lambda path: path.write_text("[1, 2]"), "expected a JSON object, got list"),
     ],
 )  # fmt: skip
