@@ -298,8 +298,9 @@ class Trainer:
             The trained model, final state and history.
 
         Raises:
-            ValueError: If ``resume`` is asked without ``out_dir``, or the saved settings
-                differ from these.
+            ValueError: If ``resume`` lacks ``out_dir``, the saved settings differ, the run has
+                done more than ``num_epochs``, or ``state`` is of another dimension or network.
+            TypeError, NotADirectoryError: ``state`` is no ``TrainState``; ``out_dir`` a file.
         """
         positive_int("keep_checkpoints", keep_checkpoints, 1)
         cfg = self.config
