@@ -25,11 +25,11 @@ import jax.numpy as jnp
 import optax
 import paramax
 from flowjax.bijections import Affine, RationalQuadraticSpline
-from flowjax.distributions import AbstractDistribution, StandardNormal, Transformed
-from flowjax.flows import coupling_flow, masked_autoregressive_flow
+from flowjax.distributions import AbstractDistribution
 from jax.typing import ArrayLike
 
 from numpyro_ebm._checks import typed_key
+from numpyro_ebm._flow_construction import compiled_flow_builder, is_non_trainable
 from numpyro_ebm._pickling import remember_recipe
 
 __all__ = [
@@ -43,9 +43,6 @@ __all__ = [
     "split_flow",
 ]
 
-#: Scale of the final conditioner layer at initialisation: the flow starts within about 1e-2
-#: of the identity map, as in [A]'s high-dimensional runs ("near-zero initial coupling weights").
-_INITIAL_COUPLING_SCALE = 1e-2
 #: Bound on the log-scale of one affine coupling layer, |log s| ≤ this: RealNVP's soft clamp
 #: ``log s = c tanh(r / c)`` of the conditioner's output ``r``. With flowjax's unbounded
 #: softplus scale a flow fitted on wide walkers became explosive once they narrowed (a prior
@@ -56,10 +53,6 @@ _MAX_LOG_SCALE = 5.0
 #: Below this spread a coordinate of the walker cloud counts as collapsed (e.g. every walker
 #: started at the same point) and is standardised with scale 1 instead of a degenerate one.
 _MIN_STANDARDISING_SCALE = 1e-3
-
-
-def _is_non_trainable(leaf: Any) -> bool:
-    return isinstance(leaf, paramax.NonTrainable)
 
 
 def split_flow(flow: AbstractDistribution) -> tuple[Any, Any]:
@@ -82,7 +75,7 @@ def split_flow(flow: AbstractDistribution) -> tuple[Any, Any]:
         >>> bool((rebuilt.log_prob(jax.numpy.zeros(2)) == flow.log_prob(jax.numpy.zeros(2))))
         True
     """
-    return eqx.partition(flow, eqx.is_inexact_array, is_leaf=_is_non_trainable)
+    return eqx.partition(flow, eqx.is_inexact_array, is_leaf=is_non_trainable)
 
 
 def merge_flow(params: Any, static: Any) -> AbstractDistribution:
@@ -95,7 +88,7 @@ def merge_flow(params: Any, static: Any) -> AbstractDistribution:
     Returns:
         The flow.
     """
-    return eqx.combine(params, static, is_leaf=_is_non_trainable)
+    return eqx.combine(params, static, is_leaf=is_non_trainable)
 
 
 def _bounded_scale(raw: jax.Array) -> jax.Array:
@@ -115,28 +108,6 @@ def bounded_affine() -> Affine:
     return eqx.tree_at(
         lambda affine: affine.scale, Affine(), paramax.Parameterize(_bounded_scale, jnp.zeros(()))
     )
-
-
-def _shrink_final_conditioner_layers(flow: AbstractDistribution) -> AbstractDistribution:
-    """Scale the last layer of every coupling conditioner so the flow starts near identity."""
-
-    def shrink(node: Any) -> Any:
-        if not isinstance(node, eqx.nn.MLP):
-            return node
-        final = node.layers[-1]
-        # A masked autoregressive conditioner (dim == 1) wraps its weight in a
-        # `paramax.Parameterize` (weight, mask): scale the float arrays inside, not the wrapper.
-        weight = jax.tree.map(
-            lambda leaf: leaf * _INITIAL_COUPLING_SCALE if eqx.is_inexact_array(leaf) else leaf,
-            final.weight,
-        )
-        return eqx.tree_at(
-            lambda mlp: (mlp.layers[-1].weight, mlp.layers[-1].bias),
-            node,
-            (weight, jnp.zeros_like(final.bias)),
-        )
-
-    return jax.tree.map(shrink, flow, is_leaf=lambda node: isinstance(node, eqx.nn.MLP))
 
 
 def default_flow(
@@ -204,23 +175,13 @@ def default_flow(
     if transformer not in ("spline", "affine"):
         raise ValueError(f"`transformer` must be 'spline' or 'affine', got {transformer!r}.")
     elementwise = (
-        RationalQuadraticSpline(knots=knots, interval=interval)
+        (RationalQuadraticSpline, (("knots", knots), ("interval", interval)))
         if transformer == "spline"
-        else bounded_affine()
+        else (bounded_affine, ())
     )
-    build = coupling_flow if dim > 1 else masked_autoregressive_flow
-    flow = build(
-        typed_key(key),
-        base_dist=StandardNormal((dim,)),
-        transformer=elementwise,
-        flow_layers=flow_layers,
-        nn_width=nn_width,
-        nn_depth=nn_depth,
-    )
-    flow = _shrink_final_conditioner_layers(flow)
-    scale = jnp.maximum(jnp.broadcast_to(jnp.asarray(scale, float), (dim,)), 1e-12)
-    loc = jnp.broadcast_to(jnp.asarray(loc, float), (dim,))
-    flow = Transformed(flow, Affine(loc, scale))
+    float_dtype = jnp.result_type(float).name
+    build = compiled_flow_builder(dim, flow_layers, nn_width, nn_depth, *elementwise, float_dtype)
+    flow = build(typed_key(key), jnp.asarray(loc, float), jnp.asarray(scale, float))
     # flowjax layers hold closures that pickle refuses: record how to rebuild them (see
     # `numpyro_ebm._pickling`), so that kernels and MCMC objects holding this flow pickle.
     return remember_recipe(

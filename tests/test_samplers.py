@@ -13,11 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _targets import GAUSS_MEAN, gaussian_draws, two_sided_z
-from flowjax.bijections import Affine
-from flowjax.distributions import Normal
+from flowjax.bijections import Affine, RationalQuadraticSpline
+from flowjax.distributions import Normal, StandardNormal, Transformed
+from flowjax.flows import coupling_flow, masked_autoregressive_flow
 from scipy import stats
 
-from numpyro_ebm import flows
+from numpyro_ebm import _flow_construction, flows
 from numpyro_ebm._kernel_setup import _SCRATCH_ARRAYS_PER_PARTICLE
 from numpyro_ebm.flows import (
     default_flow,
@@ -402,6 +403,36 @@ def test_default_flow_log_prob_is_a_change_of_variables(dim):
     np.testing.assert_allclose(log_prob, expected, rtol=1e-4, atol=1e-4)
     # The perturbation made the map non-trivial (else the check above is vacuous).
     assert float(jnp.max(jnp.abs(log_abs_det - dim * jnp.log(2.0)))) > 1e-2
+
+
+@pytest.mark.parametrize("transformer", ["affine", "spline"])
+@pytest.mark.parametrize("dim", [1, 2, 5], ids=["autoregressive", "flip", "permutation"])
+def test_default_flow_is_the_flow_flowjax_builds_eagerly(dim, transformer):
+    # default_flow compiles its construction (seconds saved on small models) and swaps in
+    # closures made outside the trace; it must build exactly what flowjax builds eagerly.
+    key, loc, scale = jax.random.key(5), jnp.linspace(-1.0, 1.0, dim), 2.0
+    built = default_flow(key, dim, loc=loc, scale=scale, transformer=transformer)
+    elementwise = (
+        flows.bounded_affine()
+        if transformer == "affine"
+        else RationalQuadraticSpline(knots=8, interval=4.0)
+    )
+    stack = (coupling_flow if dim > 1 else masked_autoregressive_flow)(
+        key, base_dist=StandardNormal((dim,)), transformer=elementwise, flow_layers=4, nn_width=32
+    )
+    eager = Transformed(
+        _flow_construction.shrink_final_conditioner_layers(stack), Affine(loc, jnp.full(dim, scale))
+    )
+    arrays = [jax.tree.leaves(eqx.filter(flow, eqx.is_array)) for flow in (built, eager)]
+    for ours, theirs in zip(*arrays, strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-7)
+    # Used outside the trace (a leaked tracer would raise here), both give one density.
+    x = eager.sample(jax.random.key(6), (8,))
+    np.testing.assert_allclose(built.log_prob(x), eager.log_prob(x), rtol=1e-5, atol=1e-5)
+    # Another key builds other weights: the builder does not return a cached flow.
+    other = default_flow(jax.random.key(7), dim, loc=loc, scale=scale, transformer=transformer)
+    other_arrays = jax.tree.leaves(eqx.filter(other, eqx.is_array))
+    assert not all(np.array_equal(a, b) for a, b in zip(other_arrays, arrays[0], strict=True))
 
 
 @pytest.mark.parametrize(
