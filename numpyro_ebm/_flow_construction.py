@@ -47,7 +47,6 @@ def shrink_final_conditioner_layers(flow: AbstractDistribution) -> AbstractDistr
     return jax.tree.map(shrink, flow, is_leaf=lambda node: isinstance(node, eqx.nn.MLP))
 
 
-@functools.lru_cache(maxsize=32)
 def compiled_flow_builder(
     dim: int,
     flow_layers: int,
@@ -77,9 +76,31 @@ def compiled_flow_builder(
             in it, so a builder cached under one must not serve the other.
 
     Returns:
-        The builder.
+        The builder: cached per arguments, except when called under a trace (``default_flow``
+        inside a user's ``jit``), whose tracers it holds and which must not outlive it.
     """
+    if isinstance(jnp.zeros(()), jax.core.Tracer):
+        return _make_builder(
+            dim, flow_layers, nn_width, nn_depth, make_elementwise, elementwise_options
+        )
+    return _cached_builder(
+        dim, flow_layers, nn_width, nn_depth, make_elementwise, elementwise_options, float_dtype
+    )
+
+
+def _make_builder(
+    dim: int,
+    flow_layers: int,
+    nn_width: int,
+    nn_depth: int,
+    make_elementwise: Callable[..., AbstractBijection],
+    elementwise_options: tuple[tuple[str, Any], ...],
+    float_dtype: str | None = None,  # a key of the cache only
+) -> Callable[[jax.Array, jax.Array, jax.Array], AbstractDistribution]:
     elementwise = eqx.filter_jit(lambda: make_elementwise(**dict(elementwise_options)))()
+    constructor, _ = get_ravelled_pytree_constructor(
+        elementwise, filter_spec=eqx.is_inexact_array, is_leaf=is_non_trainable
+    )
     build_stack = coupling_flow if dim > 1 else masked_autoregressive_flow
 
     @eqx.filter_jit
@@ -97,12 +118,12 @@ def compiled_flow_builder(
         )
         return Transformed(shrink_final_conditioner_layers(stack), standardise)
 
-    constructor, _ = get_ravelled_pytree_constructor(
-        elementwise, filter_spec=eqx.is_inexact_array, is_leaf=is_non_trainable
-    )
     return lambda key, loc, scale: _with_transformer_constructor(
         build_traced(key, loc, scale), constructor
     )
+
+
+_cached_builder = functools.lru_cache(maxsize=32)(_make_builder)
 
 
 def _with_transformer_constructor(flow: AbstractDistribution, constructor: Callable) -> Any:

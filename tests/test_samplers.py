@@ -435,6 +435,16 @@ def test_default_flow_is_the_flow_flowjax_builds_eagerly(dim, transformer):
     assert not all(np.array_equal(a, b) for a, b in zip(other_arrays, arrays[0], strict=True))
 
 
+def test_a_default_flow_built_first_inside_jit_leaves_later_flows_usable():
+    # The compiled builder is cached per options: made first under a user's `jit`, it must
+    # not keep that trace's tracers (every later flow of those options would hold them).
+    _flow_construction._cached_builder.cache_clear()
+    x = jnp.array([0.3, -0.2])
+    traced = jax.jit(lambda key: default_flow(key, 2, nn_width=7).log_prob(x))(jax.random.key(0))
+    later = default_flow(jax.random.key(0), 2, nn_width=7).log_prob(x)
+    np.testing.assert_allclose(later, traced, rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("transformer", "finite"), [("bounded", True), ("flowjax's softplus scale", False)]
 )
