@@ -193,7 +193,6 @@ class FlowMCKernel(MCMCKernel):
         self._config = self._flow_static = self._walker_sharding = self._sample_fn = None
         self._potential_fn_gen = self._postprocess_fn = None
         self._unravel = self._latent_template = self._key_impl = None  # raw keys: JAX's impl
-        self._num_warmup = 0
 
     # -- NumPyro's MCMCKernel interface -----------------------------------------------------
 
@@ -280,8 +279,8 @@ class FlowMCKernel(MCMCKernel):
         self._unravel = ravel_pytree(jax.tree.map(lambda leaf: leaf[0], init_params))[1]
         self._walker_sharding = walker_sharding(flat_position)
         dim = flat_position.shape[1]
-        self._num_warmup = int(num_warmup)
-        warn_if_untuned(self._num_warmup, self.num_local_steps, self._step_size)
+        num_warmup = int(num_warmup)
+        warn_if_untuned(num_warmup, self.num_local_steps, self._step_size)
 
         flow = self._flow
         if flow is None:
@@ -294,13 +293,12 @@ class FlowMCKernel(MCMCKernel):
 
         # One compiled function: run eagerly, the initial state's small ops each compile (seconds
         # on 2 cores). Model arguments stay constants, as in NumPyro: models may use NumPy.
-        return jax.jit(lambda *arrays: self._initial_state(*arrays, model_args, model_kwargs))(
-            flat_position, init_params, flow_params, key_state
-        )
+        return jax.jit(
+            lambda arrays: self._initial_state(arrays, num_warmup, model_args, model_kwargs)
+        )((flat_position, init_params, flow_params, key_state))
 
-    def _initial_state(
-        self, flat_position, init_params, flow_params, key_state, model_args, model_kwargs
-    ) -> FlowMCState:
+    def _initial_state(self, arrays, num_warmup, model_args, model_kwargs) -> FlowMCState:
+        flat_position, init_params, flow_params, key_state = arrays
         potential_fn = self._flat_potential(model_args, model_kwargs)
         adaptation = init_adaptation(
             flat_position,
@@ -310,6 +308,7 @@ class FlowMCKernel(MCMCKernel):
             buffer_size=self._buffer_size,
             dense_preconditioner=self._config.dense_preconditioner,
             num_particle_chunks=num_particle_chunks(self._config),
+            num_warmup=num_warmup,
         )
         return initial_state(
             init_params, jax.vmap(potential_fn)(flat_position), adaptation, key_state
@@ -328,7 +327,8 @@ class FlowMCKernel(MCMCKernel):
         """
         key_next, key_round = jax.random.split(typed_key(state.rng_key[0], self._key_impl))
         flat_position, unravel_batch = batch_ravel_pytree(state.z)
-        adapting = state.adaptation.round_index < self._num_warmup
+        num_warmup = state.adaptation.num_warmup
+        adapting = state.adaptation.round_index < num_warmup
         position, adaptation, info = flowmc_round(
             key_round,
             flat_position,
@@ -343,12 +343,12 @@ class FlowMCKernel(MCMCKernel):
         warn_after_warmup(
             adaptation,
             info,
-            at_end=state.adaptation.round_index + 1 == self._num_warmup,
+            at_end=state.adaptation.round_index + 1 == num_warmup,
             uses_flow=self.global_move != "none",
             uses_local_moves=self.num_local_steps > 0,
         )
         # Running means restart when sampling starts, so the bar shows the kept draws' rates.
-        phase_start = jnp.where(adapting, 0, self._num_warmup)
+        phase_start = jnp.where(adapting, 0, num_warmup)
         return next_state(state, unravel_batch(position), adaptation, info, phase_start, key_next)
 
     def refresh(self, state: FlowMCState, model_args: tuple, model_kwargs: dict) -> FlowMCState:

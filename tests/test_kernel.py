@@ -450,6 +450,21 @@ def test_continuation_from_last_state_is_reproducible_and_not_retraced(warm):
     assert warm.calls[0] == calls_before
 
 
+def test_mcmc_objects_sharing_a_kernel_each_keep_their_own_warm_up():
+    # The warm-up length lived on the kernel: a second MCMC initialising the same kernel with
+    # a longer warm-up made the first one adapt (step size, preconditioner, flow) through all
+    # its kept draws, silently. As with NUTS, it lives in the state now.
+    kernel = FlowMCKernel(gauss_model, **FAST)
+    first = _mcmc(kernel, num_walkers=16, num_warmup=20, num_samples=30)
+    first.warmup(jax.random.key(0))
+    _mcmc(kernel, num_walkers=16, num_warmup=200, num_samples=2).run(jax.random.key(1))
+    first.run(first.post_warmup_state.rng_key, extra_fields=("step_size",))
+    assert np.unique(np.asarray(first.get_extra_fields()["step_size"])).size == 1
+    assert leaves_equal(
+        first.last_state.adaptation.flow_params, first.post_warmup_state.adaptation.flow_params
+    )
+
+
 def test_prefitted_flow_is_reused_and_kept_when_fitting_is_off(warm):
     flow = warm.kernel.get_flow(warm.post_warmup_state)
     kernel = FlowMCKernel(gauss_model, flow=flow, fit_flow=False, **FAST)

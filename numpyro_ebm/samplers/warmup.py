@@ -64,6 +64,9 @@ class FlowMCAdaptation(NamedTuple):
         particle_chunks: Chunks of i-SIR particles drawn once fitting has stopped and after
             warm-up: the count that moves most walkers per potential evaluation.
         round_index: Rounds done so far (also the buffer's write cursor).
+        num_warmup: Rounds of adaptation: a round adapts while ``round_index < num_warmup``.
+            In the state rather than the kernel, so that ``MCMC`` objects sharing a kernel
+            each keep their own warm-up (as NUTS's schedule lives in its state).
     """
 
     step_size: jax.Array
@@ -79,6 +82,7 @@ class FlowMCAdaptation(NamedTuple):
     particle_accept: jax.Array
     particle_chunks: jax.Array
     round_index: jax.Array
+    num_warmup: jax.Array
 
 
 def init_adaptation(
@@ -90,6 +94,7 @@ def init_adaptation(
     buffer_size: int,
     dense_preconditioner: bool = False,
     num_particle_chunks: int = 1,
+    num_warmup: int = 0,
 ) -> FlowMCAdaptation:
     """The adaptation state before the first round: preconditioner from the walkers.
 
@@ -101,6 +106,7 @@ def init_adaptation(
         buffer_size: Rounds of positions kept to fit the flow.
         dense_preconditioner: Estimate a dense preconditioner.
         num_particle_chunks: Chunks of i-SIR particles per round (all are drawn at first).
+        num_warmup: Rounds of adaptation.
 
     Returns:
         The state.
@@ -122,6 +128,7 @@ def init_adaptation(
         opt_state=opt_state,
         buffer=jnp.broadcast_to(position, (buffer_size, *position.shape)),
         round_index=jnp.zeros((), jnp.int32),
+        num_warmup=jnp.asarray(num_warmup, jnp.int32),
     )
 
 

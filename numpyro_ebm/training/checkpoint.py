@@ -138,7 +138,8 @@ def load_checkpoint(path: str | os.PathLike, like: Any) -> Any:
     except Exception as error:  # equinox raises a variety of errors on a mismatch
         raise ValueError(
             f"{path}: expected a checkpoint that fits the state built from the run's settings; "
-            f"it does not (other settings, or a damaged file): {error}"
+            "it does not (other settings, a damaged file, or one written by another release of "
+            f"numpyro_ebm, whose state had other fields): {error}"
         ) from error
     return _data_to_keys(data, like)
 
