@@ -114,6 +114,18 @@ class FlowMCState(_FlowMCFields):
 
     __slots__ = ()
 
+    def __getitem__(self, index):
+        # NumPyro collects `extra_fields` by attribute, then by item: an unknown name (often
+        # one of NUTS's) reaches here, before any iteration runs.
+        if isinstance(index, str):
+            raise ValueError(
+                "expected MCMC.run(extra_fields=...) to name fields of FlowMCKernel's state ("
+                f"{', '.join(COLLECTABLE_FIELDS)}), got {index!r}. NUTS's diverging, num_steps, "
+                "energy and adapt_state have no counterpart: numpyro_ebm.health.check_run(mcmc) "
+                "reports stalled local moves, the global acceptance and R̂."
+            )
+        return super().__getitem__(index)
+
     def _replace(self, **changes) -> FlowMCState:
         # `MCMC` continues a run with `state._replace(rng_key=key)` and one key; keep one key
         # per walker so the field stays collectable and the loop's carry keeps its shape.

@@ -371,6 +371,17 @@ def test_every_collectable_field_is_collected_with_the_walker_axis(make_key):
     assert len(set(np.asarray(extra["step_size"]).ravel())) == 1  # frozen after warm-up
 
 
+@pytest.mark.parametrize("name", ["diverging", "adapt_state.step_size", "num_steps"])
+def test_a_field_the_state_lacks_is_named_before_any_iteration(name):
+    # NumPyro looks an unknown field up by item after attribute: on a tuple that was
+    # "TypeError: tuple indices must be integers or slices, not str", naming nothing.
+    mcmc = vectorized_mcmc(FlowMCKernel(_standard_normal, num_particles=4), 20, 10, 8)
+    first = name.split(".")[0]  # NumPyro looks dotted names up one part at a time
+    with pytest.raises(ValueError, match=rf"FlowMCKernel's state \(i, z, .*\), got '{first}'"):
+        mcmc.run(jax.random.key(0), extra_fields=("step_size", name))
+    assert mcmc.last_state is None  # nothing ran
+
+
 def _run(model, num_walkers=32, **options):
     mcmc = vectorized_mcmc(FlowMCKernel(model, **options), 200, 200, num_walkers)
     with warnings.catch_warnings(record=True) as caught:
