@@ -20,6 +20,36 @@ __all__ = [
 ]
 
 
+def python_scalar(value: Any) -> Any:
+    """The Python number a NumPy scalar or a 0-d NumPy or JAX array holds; others unchanged.
+
+    Example:
+        >>> import jax.numpy as jnp, numpy as np
+        >>> python_scalar(jnp.array(8)), python_scalar(np.float32(0.5)), python_scalar("a")
+        (8, 0.5, 'a')
+    """
+    if isinstance(value, np.generic | np.ndarray | jax.Array) and np.shape(value) == ():
+        return np.asarray(value).item()
+    return value
+
+
+def flag(name: str, value: Any) -> bool:
+    """Return ``value`` as a ``bool`` if it is one (a NumPy or 0-d array bool too), else raise.
+
+    A string such as ``"no"`` would otherwise count as true.
+
+    Example:
+        >>> flag("fit_flow", "no")
+        Traceback (most recent call last):
+        ...
+        ValueError: `fit_flow` must be True or False, got 'no'.
+    """
+    value_as_python = python_scalar(value)
+    if not isinstance(value_as_python, bool):
+        raise ValueError(f"`{name}` must be True or False, got {value!r}.")
+    return value_as_python
+
+
 def positive_int(name: str, value: Any, minimum: int = 1) -> int:
     """Return ``value`` as an ``int`` if it is an integer ``>= minimum``, else raise.
 
@@ -29,7 +59,7 @@ def positive_int(name: str, value: Any, minimum: int = 1) -> int:
         minimum: Smallest allowed value.
 
     Returns:
-        ``int(value)``.
+        ``int(value)``; a 0-d integer array counts as its integer.
 
     Raises:
         ValueError: If ``value`` is not an integer (``bool`` included) or is below ``minimum``.
@@ -40,9 +70,10 @@ def positive_int(name: str, value: Any, minimum: int = 1) -> int:
         ...
         ValueError: `num_steps` must be an integer >= 1, got 0.
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+    number = python_scalar(value)
+    if isinstance(number, bool) or not isinstance(number, numbers.Integral) or number < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
+    return int(number)
 
 
 #: Seeds are 32-bit: JAX's default PRNG keeps only the low 32 bits of a larger seed (without
@@ -73,7 +104,7 @@ def positive_float(name: str, value: Any) -> float:
         value: The given value.
 
     Returns:
-        ``float(value)``.
+        ``float(value)``; a 0-d array counts as its number.
 
     Raises:
         ValueError: If ``value`` is not a real number, not finite, or not positive.
@@ -82,14 +113,15 @@ def positive_float(name: str, value: Any) -> float:
         >>> positive_float("base_scale", 2)
         2.0
     """
+    number = python_scalar(value)
     if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value <= 0
+        isinstance(number, bool)
+        or not isinstance(number, numbers.Real)
+        or not math.isfinite(number)
+        or number <= 0
     ):
         raise ValueError(f"`{name}` must be a positive finite number, got {value!r}.")
-    return float(value)
+    return float(number)
 
 
 def store_python_scalars(settings: Any) -> None:
@@ -114,9 +146,7 @@ def store_python_scalars(settings: Any) -> None:
         Settings(num_walkers=64, step_size=0.5)
     """
     for field in dataclasses.fields(settings):
-        value = getattr(settings, field.name)
-        if isinstance(value, np.generic | np.ndarray | jax.Array) and np.shape(value) == ():
-            object.__setattr__(settings, field.name, np.asarray(value).item())
+        object.__setattr__(settings, field.name, python_scalar(getattr(settings, field.name)))
 
 
 def is_key_array(leaf: Any) -> bool:

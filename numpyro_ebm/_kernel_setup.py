@@ -14,9 +14,9 @@ import jax.numpy as jnp
 from flowjax.distributions import AbstractDistribution
 from jax.sharding import NamedSharding, PartitionSpec
 
-from numpyro_ebm._checks import positive_int
+from numpyro_ebm._checks import flag, positive_int
 from numpyro_ebm._warnings import warn_user
-from numpyro_ebm.flows import default_flow
+from numpyro_ebm.flows import check_flow_options, default_flow
 from numpyro_ebm.samplers.flowmc import FlowMCConfig
 
 __all__ = [
@@ -82,22 +82,24 @@ def round_options(
         global_move=global_move,
         num_particles=num_particles,
         target_accept_prob=float(target_accept_prob),
-        fit_flow=bool(fit_flow),
+        fit_flow=flag("fit_flow", fit_flow),
         fit_every=positive_int("fit_every", fit_every),
         num_fit_steps=positive_int("num_fit_steps", num_fit_steps),
         fit_batch_size=positive_int("fit_batch_size", fit_batch_size),
         optimizer=optimizer,
-        dense_preconditioner=bool(dense_preconditioner),
+        dense_preconditioner=flag("dense_preconditioner", dense_preconditioner),
         fit_patience=None if fit_patience is None else positive_int("fit_patience", fit_patience),
         standardise_flow=standardise_flow,
-        adapt_num_particles=bool(adapt_num_particles) and global_move == "isir",
+        adapt_num_particles=flag("adapt_num_particles", adapt_num_particles)
+        and global_move == "isir",
     )
 
 
 def check_flow_arguments(flow: Any, flow_options: dict | None) -> None:
     """Raise unless ``flow`` is a flowjax distribution or ``flow_options`` fit the default flow.
 
-    Checked when the kernel is built, not when ``MCMC.run`` first builds the flow.
+    Names and values are checked when the kernel is built, not when ``MCMC.run`` first builds
+    the flow (``loc`` and ``scale`` excepted, which need the dimension).
 
     Example:
         >>> check_flow_arguments(None, {"nn_widht": 64})
@@ -120,6 +122,7 @@ def check_flow_arguments(flow: Any, flow_options: dict | None) -> None:
             "`flow_options` are keyword arguments of default_flow: expected some of "
             f"{accepted}; got {unknown}."
         )
+    check_flow_options(**(flow_options or {}))
 
 
 def default_flow_options(user_options: dict) -> dict:

@@ -28,12 +28,13 @@ from flowjax.bijections import Affine, RationalQuadraticSpline
 from flowjax.distributions import AbstractDistribution
 from jax.typing import ArrayLike
 
-from numpyro_ebm._checks import typed_key
+from numpyro_ebm._checks import positive_int, typed_key
 from numpyro_ebm._flow_construction import compiled_flow_builder, is_non_trainable
 from numpyro_ebm._pickling import remember_recipe
 
 __all__ = [
     "bounded_affine",
+    "check_flow_options",
     "default_flow",
     "standardising_moments",
     "fit_flow",
@@ -110,6 +111,33 @@ def bounded_affine() -> Affine:
     )
 
 
+def check_flow_options(**options: Any) -> None:
+    """Raise unless the given keyword arguments of :func:`default_flow` are valid values.
+
+    Args:
+        **options: Some of ``dim``, ``flow_layers``, ``nn_width``, ``nn_depth``, ``knots``,
+            ``interval`` and ``transformer``.
+
+    Raises:
+        ValueError: Naming the option, what was expected and what was given.
+
+    Example:
+        >>> check_flow_options(nn_width=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: `nn_width` must be an integer >= 1, got 0.
+    """
+    for name in ("dim", "flow_layers", "nn_width", "nn_depth", "knots"):
+        if name in options:
+            positive_int(name, options[name], minimum=0 if name == "nn_depth" else 1)
+    if not options.get("interval", 1.0) > 0:
+        raise ValueError(f"`interval` must be positive, got {options['interval']!r}.")
+    if options.get("transformer", "spline") not in ("spline", "affine"):
+        raise ValueError(
+            f"`transformer` must be 'spline' or 'affine', got {options['transformer']!r}."
+        )
+
+
 def default_flow(
     key: jax.Array,
     dim: int,
@@ -161,19 +189,15 @@ def default_flow(
         >>> flow.sample(jax.random.key(1), (5,)).shape
         (5, 3)
     """
-    for name, value in (
-        ("dim", dim),
-        ("flow_layers", flow_layers),
-        ("nn_width", nn_width),
-        ("nn_depth", nn_depth),
-        ("knots", knots),
-    ):
-        if not isinstance(value, int) or value < (0 if name == "nn_depth" else 1):
-            raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-    if not interval > 0:
-        raise ValueError(f"`interval` must be positive, got {interval!r}.")
-    if transformer not in ("spline", "affine"):
-        raise ValueError(f"`transformer` must be 'spline' or 'affine', got {transformer!r}.")
+    check_flow_options(
+        dim=dim,
+        flow_layers=flow_layers,
+        nn_width=nn_width,
+        nn_depth=nn_depth,
+        knots=knots,
+        interval=interval,
+        transformer=transformer,
+    )
     elementwise = (
         (RationalQuadraticSpline, (("knots", knots), ("interval", interval)))
         if transformer == "spline"

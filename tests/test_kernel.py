@@ -151,11 +151,34 @@ def _potential(z):
         (dict(model=gauss_model, step_size=0.0), "step_size.*positive.*got 0.0"),
         (dict(model=gauss_model, target_accept_prob=1.0), r"\(0, 1\), got 1.0"),
         (dict(model=gauss_model, learning_rate=-1e-3), "learning_rate.*positive, got -0.001"),
+        # Truthy non-booleans were taken as True ("no" too).
+        (dict(model=gauss_model, dense_preconditioner="no"), "True or False, got 'no'"),
+        (dict(model=gauss_model, fit_flow=0), "fit_flow.*True or False, got 0"),
+        (dict(model=gauss_model, adapt_num_particles=None), "True or False, got None"),
+        # Values of the default flow's options were checked only when `MCMC.run` built it.
+        (dict(model=gauss_model, flow_options={"transformer": "maf"}), "'spline' or 'affine'"),
+        (dict(model=gauss_model, flow_options={"nn_width": 0}), "nn_width.*>= 1, got 0"),
+        (dict(model=gauss_model, flow_options={"nn_depth": -1}), "nn_depth.*>= 0, got -1"),
     ],
 )
 def test_constructor_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         FlowMCKernel(**kwargs)
+
+
+def test_constructor_takes_numbers_as_0d_arrays_as_numpyro_kernels_do():
+    # `step_size=jnp.array(0.1)` was refused as "must be a positive finite number, got
+    # Array(0.1)"; NUTS takes it. The settings are stored as Python numbers.
+    kernel = FlowMCKernel(
+        gauss_model,
+        step_size=jnp.array(0.1),
+        num_particles=jnp.array(8),
+        dense_preconditioner=np.bool_(True),
+        flow_options={"nn_width": np.int64(8)},
+    )
+    assert kernel._step_size == pytest.approx(0.1) and type(kernel._step_size) is float
+    assert kernel._chunk_options["num_particles"] == 8
+    assert kernel._round_options["dense_preconditioner"] is True
 
 
 def test_constructor_rejects_a_flow_that_is_not_a_distribution():
