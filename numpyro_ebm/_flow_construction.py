@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -47,14 +47,28 @@ def shrink_final_conditioner_layers(flow: AbstractDistribution) -> AbstractDistr
     return jax.tree.map(shrink, flow, is_leaf=lambda node: isinstance(node, eqx.nn.MLP))
 
 
+class FlowSpec(NamedTuple):
+    """What fixes the structure of a default flow (hashable: builders are cached by it).
+
+    Attributes:
+        dim: Dimension of the space.
+        flow_layers: Coupling (or, in one dimension, autoregressive) layers.
+        nn_width: Width of each conditioner network.
+        nn_depth: Hidden layers of each conditioner network.
+        make_elementwise: Builds the elementwise transformer from ``elementwise_options``.
+        elementwise_options: ``(name, value)`` pairs.
+    """
+
+    dim: int
+    flow_layers: int
+    nn_width: int
+    nn_depth: int
+    make_elementwise: Callable[..., AbstractBijection]
+    elementwise_options: tuple[tuple[str, Any], ...]
+
+
 def compiled_flow_builder(
-    dim: int,
-    flow_layers: int,
-    nn_width: int,
-    nn_depth: int,
-    make_elementwise: Callable[..., AbstractBijection],
-    elementwise_options: tuple[tuple[str, Any], ...],
-    float_dtype: str,
+    spec: FlowSpec, float_dtype: str
 ) -> Callable[[jax.Array, jax.Array, jax.Array], AbstractDistribution]:
     """The builder ``(key, loc, scale) -> flow`` of ``default_flow``, one compiled program.
 
@@ -66,12 +80,7 @@ def compiled_flow_builder(
     transformer, which is what an eager build makes. Flows of one builder share it.
 
     Args:
-        dim: Dimension of the space.
-        flow_layers: Coupling (or, in one dimension, autoregressive) layers.
-        nn_width: Width of each conditioner network.
-        nn_depth: Hidden layers of each conditioner network.
-        make_elementwise: Builds the elementwise transformer from ``elementwise_options``.
-        elementwise_options: ``(name, value)`` pairs (hashable, as the builder is cached).
+        spec: The flow's structure.
         float_dtype: JAX's default float type (``jax_enable_x64``): the transformer is made
             in it, so a builder cached under one must not serve the other.
 
@@ -80,23 +89,18 @@ def compiled_flow_builder(
         inside a user's ``jit``), whose tracers it holds and which must not outlive it.
     """
     if isinstance(jnp.zeros(()), jax.core.Tracer):
-        return _make_builder(
-            dim, flow_layers, nn_width, nn_depth, make_elementwise, elementwise_options
-        )
-    return _cached_builder(
-        dim, flow_layers, nn_width, nn_depth, make_elementwise, elementwise_options, float_dtype
-    )
+        return _make_builder(spec)
+    return _cached_builder(spec, float_dtype)
 
 
-def _make_builder(
-    dim: int,
-    flow_layers: int,
-    nn_width: int,
-    nn_depth: int,
-    make_elementwise: Callable[..., AbstractBijection],
-    elementwise_options: tuple[tuple[str, Any], ...],
-    float_dtype: str | None = None,  # a key of the cache only
-) -> Callable[[jax.Array, jax.Array, jax.Array], AbstractDistribution]:
+@functools.lru_cache(maxsize=32)
+def _cached_builder(spec: FlowSpec, float_dtype: str) -> Callable:
+    del float_dtype  # a key of the cache only
+    return _make_builder(spec)
+
+
+def _make_builder(spec: FlowSpec) -> Callable:
+    dim, flow_layers, nn_width, nn_depth, make_elementwise, elementwise_options = spec
     elementwise = eqx.filter_jit(lambda: make_elementwise(**dict(elementwise_options)))()
     constructor, _ = get_ravelled_pytree_constructor(
         elementwise, filter_spec=eqx.is_inexact_array, is_leaf=is_non_trainable
@@ -121,9 +125,6 @@ def _make_builder(
     return lambda key, loc, scale: _with_transformer_constructor(
         build_traced(key, loc, scale), constructor
     )
-
-
-_cached_builder = functools.lru_cache(maxsize=32)(_make_builder)
 
 
 def _with_transformer_constructor(flow: AbstractDistribution, constructor: Callable) -> Any:

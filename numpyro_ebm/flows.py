@@ -29,7 +29,7 @@ from flowjax.distributions import AbstractDistribution
 from jax.typing import ArrayLike
 
 from numpyro_ebm._checks import positive_int, typed_key
-from numpyro_ebm._flow_construction import compiled_flow_builder, is_non_trainable
+from numpyro_ebm._flow_construction import FlowSpec, compiled_flow_builder, is_non_trainable
 from numpyro_ebm._pickling import remember_recipe
 
 __all__ = [
@@ -204,7 +204,8 @@ def default_flow(
         else (bounded_affine, ())
     )
     float_dtype = jnp.result_type(float).name
-    build = compiled_flow_builder(dim, flow_layers, nn_width, nn_depth, *elementwise, float_dtype)
+    spec = FlowSpec(dim, flow_layers, nn_width, nn_depth, *elementwise)
+    build = compiled_flow_builder(spec, float_dtype)
     flow = build(typed_key(key), jnp.asarray(loc, float), jnp.asarray(scale, float))
     # flowjax layers hold closures that pickle refuses: record how to rebuild them (see
     # `numpyro_ebm._pickling`), so that kernels and MCMC objects holding this flow pickle.
