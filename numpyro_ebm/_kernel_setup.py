@@ -21,7 +21,7 @@ from numpyro_ebm.samplers.flowmc import FlowMCConfig
 
 __all__ = [
     "DEFAULT_TARGET_ACCEPT_PROB",
-    "check_flow_arguments",
+    "check_kernel_arguments",
     "chunk_size_for_budget",
     "default_flow_options",
     "flat_potential",
@@ -95,18 +95,28 @@ def round_options(
     )
 
 
-def check_flow_arguments(flow: Any, flow_options: dict | None) -> None:
-    """Raise unless ``flow`` is a flowjax distribution or ``flow_options`` fit the default flow.
+def check_kernel_arguments(
+    model: Any, potential_fn: Any, init_strategy: Any, flow: Any, flow_options: dict | None
+) -> None:
+    """Raise unless the kernel's target, initialisation and flow arguments fit together.
 
     Names and values are checked when the kernel is built, not when ``MCMC.run`` first builds
-    the flow (``loc`` and ``scale`` excepted, which need the dimension).
+    the flow (``loc`` and ``scale`` of ``flow_options`` excepted, which need the dimension).
 
     Example:
-        >>> check_flow_arguments(None, {"nn_widht": 64})
+        >>> check_kernel_arguments(lambda: None, None, print, None, {"nn_widht": 64})
         Traceback (most recent call last):
         ...
         TypeError: `flow_options` are keyword arguments of default_flow: expected some of ...
     """
+    if (model is None) == (potential_fn is None):
+        given = "both" if model is not None else "neither"
+        raise ValueError(f"Pass exactly one of `model` and `potential_fn`; got {given}.")
+    if not callable(init_strategy):
+        raise TypeError(
+            "`init_strategy` must be one of NumPyro's initialisation strategies (e.g. "
+            f"`init_to_sample`, `init_to_median()`); got {init_strategy!r}."
+        )
     if flow is not None and not isinstance(flow, AbstractDistribution):
         raise TypeError(f"`flow` must be a flowjax distribution, got {type(flow).__name__}.")
     if flow is not None and flow_options:

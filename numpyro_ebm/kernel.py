@@ -31,7 +31,7 @@ from numpyro_ebm._checks import key_impl_name, positive_float, positive_int, see
 from numpyro_ebm._init_params import initialize_walkers, num_walkers_of
 from numpyro_ebm._kernel_setup import (
     DEFAULT_TARGET_ACCEPT_PROB,
-    check_flow_arguments,
+    check_kernel_arguments,
     flat_potential,
     kernel_default_flow,
     num_particle_chunks,
@@ -151,10 +151,7 @@ class FlowMCKernel(MCMCKernel):
         fit_patience: int | None = 50,
         adapt_num_particles: bool = False,
     ):
-        if (model is None) == (potential_fn is None):
-            given = "both" if model is not None else "neither"
-            raise ValueError(f"Pass exactly one of `model` and `potential_fn`; got {given}.")
-        check_flow_arguments(flow, flow_options)
+        check_kernel_arguments(model, potential_fn, init_strategy, flow, flow_options)
         self._model = model
         self._potential_fn = potential_fn
         self._init_strategy = init_strategy

@@ -181,6 +181,12 @@ def test_constructor_takes_numbers_as_0d_arrays_as_numpyro_kernels_do():
     assert kernel._round_options["dense_preconditioner"] is True
 
 
+def test_constructor_rejects_an_init_strategy_that_is_not_one():
+    # It was NumPyro's "Only one of data or substitute_fn should be provided", at `MCMC.run`.
+    with pytest.raises(TypeError, match=r"init_strategy.*init_to_sample.*got None"):
+        FlowMCKernel(gauss_model, init_strategy=None)
+
+
 def test_constructor_rejects_a_flow_that_is_not_a_distribution():
     with pytest.raises(TypeError, match="flowjax distribution, got str"):
         FlowMCKernel(gauss_model, flow="spline")
