@@ -39,6 +39,7 @@ from numpyro_ebm._kernel_setup import (
     round_options,
     walker_sharding,
     warn_if_untuned,
+    warn_if_walkers_start_nonfinite,
 )
 from numpyro_ebm._pickling import kernel_getstate, kernel_setstate, latent_template
 from numpyro_ebm.flows import flow_optimizer, split_flow
@@ -290,9 +291,11 @@ class FlowMCKernel(MCMCKernel):
 
         # One compiled function: run eagerly, the initial state's small ops each compile (seconds
         # on 2 cores). Model arguments stay constants, as in NumPyro: models may use NumPy.
-        return jax.jit(
+        state = jax.jit(
             lambda arrays: self._initial_state(arrays, num_warmup, model_args, model_kwargs)
         )((flat_position, init_params, flow_params, key_state))
+        warn_if_walkers_start_nonfinite(state.potential_energy, self.global_move)
+        return state
 
     def _initial_state(self, arrays, num_warmup, model_args, model_kwargs) -> FlowMCState:
         flat_position, init_params, flow_params, key_state = arrays

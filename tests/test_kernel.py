@@ -10,6 +10,7 @@ import contextlib
 import io
 import pickle
 import re
+import warnings
 from types import SimpleNamespace
 
 import arviz as az
@@ -603,6 +604,28 @@ def test_nan_potential_is_rejected_counted_and_harmless():
     z = two_sided_z(ALPHA, 2)
     assert abs(_mcse_z(x[..., 0], np.sqrt(2 / np.pi))) < z
     assert abs(_mcse_z(x[..., 1], 0.0)) < z
+
+
+@pytest.mark.parametrize(
+    ("global_move", "num_nan_walkers", "says"),
+    [("isir", 3, "until a global move"), ("none", 3, "never move"), ("isir", 0, None)],
+)
+def test_walkers_starting_at_a_nonfinite_potential_are_named(global_move, num_nan_walkers, says):
+    # Walkers started in the NaN half ran without a word: with global_move="none" they never
+    # move. The check is made once, on the initial state.
+    start = jnp.abs(jax.random.normal(jax.random.key(12), (8, 2))) + 0.1
+    start = start.at[:num_nan_walkers, 0].multiply(-1.0)  # those start where U is NaN
+    kernel = FlowMCKernel(potential_fn=_half_nan_potential, global_move=global_move, **FAST)
+    mcmc = _mcmc(kernel, num_walkers=8, num_warmup=2, num_samples=2, progress_bar=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mcmc.run(jax.random.key(13), init_params={"x": start})
+    starts = [str(w.message) for w in caught if "walkers start" in str(w.message)]
+    if says is None:
+        assert starts == []
+    else:
+        assert len(starts) == 1 and f"{num_nan_walkers} of 8 walkers start" in starts[0]
+        assert says in starts[0]
 
 
 def test_float64_with_x64_enabled():
