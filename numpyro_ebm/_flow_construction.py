@@ -68,7 +68,7 @@ class FlowSpec(NamedTuple):
 
 
 def compiled_flow_builder(
-    spec: FlowSpec, float_dtype: str
+    spec: FlowSpec,
 ) -> Callable[[jax.Array, jax.Array, jax.Array], AbstractDistribution]:
     """The builder ``(key, loc, scale) -> flow`` of ``default_flow``, one compiled program.
 
@@ -81,16 +81,16 @@ def compiled_flow_builder(
 
     Args:
         spec: The flow's structure.
-        float_dtype: JAX's default float type (``jax_enable_x64``): the transformer is made
-            in it, so a builder cached under one must not serve the other.
 
     Returns:
-        The builder: cached per arguments, except when called under a trace (``default_flow``
-        inside a user's ``jit``), whose tracers it holds and which must not outlive it.
+        The builder, cached per structure and default float type (``jax_enable_x64``: the
+        transformer is made in it, so a builder made under one must not serve the other);
+        not cached when called under a trace (``default_flow`` inside a user's ``jit``),
+        whose tracers it holds and which must not outlive it.
     """
     if isinstance(jnp.zeros(()), jax.core.Tracer):
         return _make_builder(spec)
-    return _cached_builder(spec, float_dtype)
+    return _cached_builder(spec, jnp.result_type(float).name)
 
 
 @functools.lru_cache(maxsize=32)

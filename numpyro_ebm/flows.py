@@ -203,9 +203,7 @@ def default_flow(
         if transformer == "spline"
         else (bounded_affine, ())
     )
-    float_dtype = jnp.result_type(float).name
-    spec = FlowSpec(dim, flow_layers, nn_width, nn_depth, *elementwise)
-    build = compiled_flow_builder(spec, float_dtype)
+    build = compiled_flow_builder(FlowSpec(dim, flow_layers, nn_width, nn_depth, *elementwise))
     flow = build(typed_key(key), jnp.asarray(loc, float), jnp.asarray(scale, float))
     # flowjax layers hold closures that pickle refuses: record how to rebuild them (see
     # `numpyro_ebm._pickling`), so that kernels and MCMC objects holding this flow pickle.
