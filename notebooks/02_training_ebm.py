@@ -249,7 +249,7 @@ table = pd.DataFrame(
             "negatives in heavy zone": m["negatives_mode_weights"][HEAVY],
             "max R-hat of negatives": m["negatives_max_rhat"],
             "min bulk ESS of negatives": m["negatives_min_ess_bulk"],
-            "global acceptance (last epoch)": m["final_global_accept_prob"],
+            "global acceptance (last epoch)": m.get("final_global_accept_prob", np.nan),
             "local acceptance (last epoch)": m["final_accept_prob"],
         }
         for sampler, m in metrics.items()

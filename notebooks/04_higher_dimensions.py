@@ -148,7 +148,7 @@ for (dim, sampler), run in runs.items():
         "min bulk ESS": mixing["min_ess_bulk"],
         "max |zone weight - 1/4|": float(np.max(np.abs(run["zone_weights"] - 0.25))),
         "zone weights": np.round(run["zone_weights"], 3).tolist(),
-        "global acceptance": run["result"].history[-1]["global_accept_prob"],
+        "global acceptance": run["result"].history[-1].get("global_accept_prob", np.nan),
     }
     run.update(mixing)
 display(pd.DataFrame(rows).T)

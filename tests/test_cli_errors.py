@@ -257,3 +257,33 @@ def test_ctrl_c_is_a_one_line_message_not_a_traceback(tmp_path, capsys, monkeypa
     monkeypatch.setattr("numpyro_ebm.training.train", interrupted)
     assert main(["train", DATA, "--fast", "--out", str(tmp_path / "run")]) == 130
     assert capsys.readouterr().err == "numpyro-ebm train: interrupted (continue with --resume)\n"
+
+
+def _strict_json(text: str):
+    """Parse as strict JSON (``jq``, JavaScript): ``NaN`` and ``Infinity`` are errors."""
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_reports_are_strict_json_and_checkpoints_keep_nan(tmp_path):
+    content = {"rhat": float("nan"), "values": [1.0, float("inf"), -float("inf")], "n": 3}
+    report = write_json(tmp_path / "report.json", content)
+    assert _strict_json(report.read_text()) == {"rhat": None, "values": [1.0, None, None], "n": 3}
+    # A checkpoint's history must resume to the same values, NaN included; it is not strict
+    # (the negative control of the parser above).
+    exact = write_json(tmp_path / "step.json", content, exact=True)
+    with pytest.raises(ValueError, match="not strict JSON: NaN"):
+        _strict_json(exact.read_text())
+    restored = json.loads(exact.read_text())
+    assert np.isnan(restored["rhat"]) and restored["values"][1:] == [np.inf, -np.inf]
+
+
+def test_every_file_of_a_run_is_strict_json_but_its_checkpoints(run_dir):
+    written = sorted(run_dir.rglob("*.json"))
+    checkpoints = [path for path in written if path.parent.name == "checkpoints"]
+    assert {path.name for path in written} >= {"report.json", "settings.json", "model.json"}
+    for path in set(written) - set(checkpoints):
+        _strict_json(path.read_text())

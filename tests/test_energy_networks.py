@@ -211,7 +211,7 @@ def test_resume_with_a_custom_energy_is_exact(tmp_path):
     resumed = resumed.fit(out_dir=tmp_path / "split", resume=True, progress_bar=False)
     assert leaves_equal(full.state, resumed.state)
 
-    def without_times(history):  # as JSON: ula's flow_loss is NaN, which equals nothing
+    def without_times(history):  # as JSON, where NaN (a diverged metric) equals NaN
         return json.dumps([{k: v for k, v in e.items() if k != "time_s"} for e in history])
 
     assert without_times(resumed.history) == without_times(full.history)

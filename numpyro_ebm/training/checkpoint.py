@@ -10,6 +10,7 @@ trainer rebuilds it from the run's settings), as :func:`equinox.tree_deserialise
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -177,19 +178,44 @@ def latest_checkpoint(directory: str | os.PathLike) -> tuple[int, Path] | None:
     return found[-1] if found else None
 
 
-def write_json(path: str | os.PathLike, content: Any) -> Path:
+def _nonfinite_to_null(content: Any) -> Any:
+    if isinstance(content, float) and not math.isfinite(content):
+        return None
+    if isinstance(content, dict):
+        return {key: _nonfinite_to_null(value) for key, value in content.items()}
+    if isinstance(content, list | tuple):
+        return [_nonfinite_to_null(value) for value in content]
+    return content
+
+
+def write_json(path: str | os.PathLike, content: Any, *, exact: bool = False) -> Path:
     """Write ``content`` as indented JSON, atomically.
+
+    By default the file is strict JSON, which every parser reads (``jq``, JavaScript, R): a
+    NaN or infinite number is written as ``null``. ``exact=True`` writes them as Python's
+    ``json`` module does (``NaN``, ``Infinity``), for files only this package reads back, such
+    as a checkpoint's history, which must resume to the same values.
 
     Args:
         path: File to write.
         content: JSON-serialisable object.
+        exact: Keep non-finite numbers as ``NaN``/``Infinity`` instead of ``null``.
 
     Returns:
         The path written.
+
+    Example:
+        >>> import json, tempfile
+        >>> path = write_json(tempfile.mkdtemp() + "/r.json", {"rhat": float("nan")})
+        >>> json.loads(path.read_text())
+        {'rhat': None}
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(content, indent=2, allow_nan=True)
+    if exact:
+        text = json.dumps(content, indent=2, allow_nan=True)
+    else:
+        text = json.dumps(_nonfinite_to_null(content), indent=2, allow_nan=False)
     _write_atomically(path, lambda tmp: tmp.write_text(text + "\n"))
     return path
 

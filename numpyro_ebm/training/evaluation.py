@@ -141,8 +141,6 @@ def evaluate(
     bar.close()
     last = result.history[-1] if result.history else {}
     skipped = {"epoch", "step", "mode_weights", "time_s"}
-    if trainer.flow(state) is None:  # ULA/MALA negatives: no flow, a NaN flow loss
-        skipped.add("flow_loss")
     for name, value in last.items():
         if name not in skipped:
             metrics[f"final_{name}"] = value

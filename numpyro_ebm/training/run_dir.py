@@ -207,7 +207,9 @@ def save_training_checkpoint(
         np.save(_paths_file(path), np.concatenate(paths), allow_pickle=False)
     # The JSON is written last: a checkpoint counts only once it exists.
     write_json(
-        path.with_suffix(".json"), {"step": step, "history": history, "partial_epoch": partial}
+        path.with_suffix(".json"),
+        {"step": step, "history": history, "partial_epoch": partial},
+        exact=True,
     )
     stale = checkpoint_paths(checkpoint_dir)[:-keep_checkpoints] if is_main_process() else []
     for _, old in stale:

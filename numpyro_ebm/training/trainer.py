@@ -272,8 +272,9 @@ class Trainer:
 
         Each epoch runs ``steps_per_epoch`` steps through one jitted ``lax.scan`` and appends
         to the history a dict with ``epoch``, ``step``, the epoch means of ``loss`` and of
-        the objective's metrics (for ``pcd``: ``energy_gap``, ``accept_prob``,
-        ``global_accept_prob``, ``flow_loss``, ``stranded_fraction``), ``mode_weights``
+        the objective's metrics (for ``pcd``: ``energy_gap``, ``accept_prob``, and with a
+        flow ``flow_loss``, with global moves ``global_accept_prob`` and
+        ``stranded_fraction``), ``mode_weights``
         (when the dataset's modes are known and the model's weights can be measured),
         ``negatives_rhat`` (persistent negatives' R̂,
         :mod:`~numpyro_ebm.training.validation`; a warning when they stop mixing),

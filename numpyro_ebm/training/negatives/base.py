@@ -15,19 +15,33 @@ __all__ = ["NegativeInfo", "NegativeSampler", "check_positions"]
 class NegativeInfo(NamedTuple):
     """Diagnostics of one EBM step's negative sampling (scalars, means over walkers).
 
+    A sampler without global moves or without a flow gives ``None`` for what it does not
+    measure, and the training history then has no such entry (rather than a 0 or a NaN that
+    reads as a failing flow).
+
     Attributes:
         accept_prob: Mean local (MALA) acceptance probability; 1 for ULA where finite.
-        global_accept_prob: Mean acceptance of the flow's global move; 0 without one.
-        flow_loss: Loss of the last flow fit (NaN when the flow was not fitted).
+        global_accept_prob: Mean acceptance of the flow's global move; ``None`` without one.
+        flow_loss: Loss of the last flow fit; ``None`` without a flow.
         stranded_fraction: Fraction of walkers stranded where the flow has almost no mass
             (see :func:`~numpyro_ebm.samplers.global_moves.stranded_walkers`): the model has
-            mass there that global moves cannot weigh. 0 without global moves.
+            mass there that global moves cannot weigh. ``None`` without global moves.
     """
 
     accept_prob: jax.Array
-    global_accept_prob: jax.Array
-    flow_loss: jax.Array
-    stranded_fraction: jax.Array
+    global_accept_prob: jax.Array | None = None
+    flow_loss: jax.Array | None = None
+    stranded_fraction: jax.Array | None = None
+
+    def metrics(self) -> dict[str, jax.Array]:
+        """The diagnostics this sampler measures, by name (``None`` fields left out).
+
+        Example:
+            >>> import jax.numpy as jnp
+            >>> NegativeInfo(jnp.float32(0.9)).metrics()
+            {'accept_prob': Array(0.9, dtype=float32)}
+        """
+        return {name: value for name, value in self._asdict().items() if value is not None}
 
 
 class NegativeSampler(NamedTuple):

@@ -96,6 +96,8 @@ def _kernel_sampler(
         state, (accept_prob, global_accept_prob, flow_loss, stranded) = jax.lax.scan(
             one_round, state, length=num_rounds
         )
+        if global_move == "none":  # persistent MALA: no flow, no global move
+            return state, NegativeInfo(jnp.mean(accept_prob))
         # The flow is fitted on the first round of each EBM step (`fit_every=num_rounds`).
         return state, NegativeInfo(
             jnp.mean(accept_prob), jnp.mean(global_accept_prob), flow_loss[0], jnp.mean(stranded)

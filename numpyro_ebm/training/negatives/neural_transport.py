@@ -176,9 +176,7 @@ def nt_sampler(
             round_index=state.round_index + 1,
             rng_key=rng_key,
         )
-        dtype = position.dtype
-        zero = jnp.zeros((), dtype)
-        info = NegativeInfo(mean_accept_prob, zero, flow_loss.astype(dtype), zero)
+        info = NegativeInfo(mean_accept_prob, flow_loss=flow_loss.astype(position.dtype))
         return new_state, info
 
     def positions(state):

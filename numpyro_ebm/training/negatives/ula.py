@@ -94,10 +94,7 @@ def ula_sampler(
         walkers, accept_prob = jax.lax.scan(
             one_step, walkers, jax.random.split(key_steps, num_steps)
         )
-        dtype = walkers.position.dtype
-        zero = jnp.zeros((), dtype)
-        info = NegativeInfo(jnp.mean(accept_prob), zero, jnp.full((), jnp.nan, dtype), zero)
-        return ULAState(walkers, rng_key), info
+        return ULAState(walkers, rng_key), NegativeInfo(jnp.mean(accept_prob))
 
     def positions(state):
         return state.walkers.position

@@ -133,7 +133,7 @@ class PCD(ObjectiveSettings):
 
         def prepare(state, energy_params, positives):
             state, info = sampler.step(state, energy_params)
-            return state, sampler.positions(state), info._asdict()
+            return state, sampler.positions(state), info.metrics()
 
         return Objective(
             name=self.name,
