@@ -94,8 +94,8 @@ class RunHealth(NamedTuple):
     Attributes:
         global_accept_prob: Mean acceptance of the global moves (NaN without them).
         step_size: MALA step size of the kept draws (in standardised coordinates).
-        max_rhat: Largest R̂ over coordinates, groups of walkers as chains (NaN if too few
-            draws).
+        max_rhat: Largest R̂ over the latent sites' coordinates, groups of walkers as
+            chains (NaN if too few draws, or if every coordinate is constant).
         stranded_fraction: Fraction of the walkers' draws that were stranded where the flow
             has almost no mass (0 without global moves).
         stalled_fraction: Fraction of the walkers' draws whose MALA steps accepted less than
@@ -328,6 +328,19 @@ def warn_after_warmup(
     jax.lax.cond(at_end, check, lambda: None)
 
 
+def _latent_draws(samples: Any, latent: Any) -> np.ndarray:
+    """Draws ``(num_walkers, num_draws, dim)`` of the sampled sites only.
+
+    A model's deterministic sites are functions of its latent ones, so they add nothing to R̂
+    but cost: a deterministic mean over thousands of observations would be thousands of
+    coordinates.
+    """
+    if isinstance(samples, dict) and isinstance(latent, dict):
+        samples = {name: value for name, value in samples.items() if name in latent}
+    leaves = jax.tree.leaves(samples)
+    return np.concatenate([np.reshape(leaf, (*leaf.shape[:2], -1)) for leaf in leaves], -1)
+
+
 def check_run(mcmc: Any) -> RunHealth:
     """Check a finished ``MCMC(FlowMCKernel(...))`` run on its kept draws.
 
@@ -369,8 +382,7 @@ def check_run(mcmc: Any) -> RunHealth:
             "`check_run` checks the draws kept after warm-up: expected an MCMC that has kept "
             "some; got one that has only warmed up (call `mcmc.run`)."
         )
-    samples = jax.tree.leaves(mcmc.get_samples(group_by_chain=True))
-    draws = np.concatenate([np.reshape(leaf, (*leaf.shape[:2], -1)) for leaf in samples], -1)
+    draws = _latent_draws(mcmc.get_samples(group_by_chain=True), state.z)
     extra = mcmc.get_extra_fields(group_by_chain=True)
     global_accept_prob = float(np.mean(extra["global_accept_prob"]))
     step_size = float(np.asarray(state.step_size)[0])

@@ -303,8 +303,11 @@ def mixing_diagnostics(chains: np.ndarray | jax.Array) -> dict[str, float]:
             ``num_draws >= 4`` (split R̂ halves each chain).
 
     Returns:
-        ``{"max_rhat": ..., "min_ess_bulk": ...}`` as Python floats; NaN where undefined (a
-        coordinate constant within every chain).
+        ``{"max_rhat": ..., "min_ess_bulk": ...}`` as Python floats. Coordinates with one
+        value in every draw of every chain (a fixed entry of a Cholesky factor, a constant
+        deterministic site) are left out: R̂ is undefined there and they cannot show a failure
+        to mix. NaN if every coordinate is such. A coordinate constant within each chain but
+        not across chains counts (its R̂ is huge).
 
     Raises:
         ValueError: If ``chains`` has the wrong shape or holds NaN or infinite values.
@@ -324,6 +327,10 @@ def mixing_diagnostics(chains: np.ndarray | jax.Array) -> dict[str, float]:
     num_bad = int(np.sum(~np.isfinite(array)))
     if num_bad:
         raise ValueError(f"expected finite draws, got {num_bad} NaN or infinite values")
+    varying = np.ptp(array, axis=(0, 1)) > 0
+    if not np.any(varying):
+        return {"max_rhat": float("nan"), "min_ess_bulk": float("nan")}
+    array = array[..., varying]
     rhat = np.asarray(arviz.rhat(array, method="rank", chain_axis=0, draw_axis=1))
     ess_bulk = np.asarray(arviz.ess(array, method="bulk", chain_axis=0, draw_axis=1))
     return {"max_rhat": float(np.max(rhat)), "min_ess_bulk": float(np.min(ess_bulk))}

@@ -233,6 +233,18 @@ def test_mixing_diagnostics_stuck_chains():
     assert diagnostics["min_ess_bulk"] < 100
 
 
+def test_mixing_diagnostics_leaves_out_coordinates_that_never_change():
+    # A fixed entry of a Cholesky factor or a constant deterministic site: R̂ is 0/0 there.
+    rng = np.random.default_rng(2)
+    stuck = rng.normal(size=(4, 200, 1)) * 0.1 + np.array([-1.0, 1.0, -1.0, 1.0])[:, None, None]
+    with_constant = np.concatenate([stuck, np.ones_like(stuck)], axis=-1)
+    assert mixing_diagnostics(with_constant) == mixing_diagnostics(stuck)  # was NaN: no alarm
+    assert math.isnan(mixing_diagnostics(np.ones((4, 200, 2)))["max_rhat"])
+    # Constant within each chain but not across chains: the worst case of not mixing.
+    apart = np.broadcast_to(np.arange(4.0)[:, None, None], (4, 200, 1))
+    assert mixing_diagnostics(apart)["max_rhat"] > 1e6
+
+
 def test_mixing_diagnostics_accepts_jax_arrays():
     chains = jax.random.normal(jax.random.key(0), (2, 50, 1))
     assert math.isfinite(mixing_diagnostics(chains)["max_rhat"])
