@@ -8,6 +8,7 @@ more" pattern, and what ``numpyro-ebm sample`` builds). Cheap settings: compilat
 """
 
 import pickle
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -20,10 +21,11 @@ from flowjax.distributions import AbstractDistribution, Normal, StandardNormal
 from flowjax.flows import coupling_flow
 from numpyro.infer import MCMC
 
-from numpyro_ebm import FlowMCKernel
+from numpyro_ebm import FlowMCKernel, MLPEnergy, energy_factor
 from numpyro_ebm._pickling import dumps_flow, loads_flow
 from numpyro_ebm.flows import default_flow, merge_flow, split_flow
-from numpyro_ebm.training import sample_energy
+from numpyro_ebm.preprocessing import Preprocessing
+from numpyro_ebm.training import load_energy, sample_energy, save_model
 
 NUM_WALKERS = 8
 CHEAP = dict(num_particles=4, num_local_steps=1, num_fit_steps=2, fit_batch_size=16)
@@ -139,6 +141,26 @@ def test_sample_energy_mcmc_pickles_with_a_trained_flow():
     )
     (draws, _), (loaded_draws, _), _ = _pickled_and_original_continuations(mcmc)
     assert leaves_equal(loaded_draws, draws)
+
+
+def learned_prior_model(energy):
+    theta = numpyro.sample("theta", dist.Normal(0.0, 3.0).expand([2]).to_event(1))
+    energy_factor("prior", energy, theta)
+
+
+def test_mcmc_of_a_model_with_a_loaded_energy_pickles(tmp_path):
+    # Regression: `load_energy` returned a local closure, so such an MCMC did not pickle.
+    energy = MLPEnergy(2, width=8, depth=1, key=jax.random.key(4))
+    preprocessing = Preprocessing(np.array([1.0, -2.0]), np.array([2.0, 0.5]))
+    save_model(tmp_path, energy, 1.5, preprocessing=preprocessing)
+    loaded_energy = load_energy(tmp_path)
+    mcmc = _mcmc(FlowMCKernel(partial(learned_prior_model, loaded_energy), **CHEAP))
+    mcmc.run(jax.random.key(5))
+    (draws, _), (loaded_draws, _), _ = _pickled_and_original_continuations(mcmc)
+    assert leaves_equal(loaded_draws, draws)
+    points = np.array([[0.5, -1.0], [3.0, 2.0]])
+    unpickled = pickle.loads(pickle.dumps(loaded_energy))
+    np.testing.assert_array_equal(unpickled(points), loaded_energy(points))
 
 
 def test_kernel_with_a_user_flow_pickles_before_init():

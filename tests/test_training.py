@@ -12,6 +12,7 @@ from _objectives import TRAINER_SETTINGS, assert_same_run
 
 from numpyro_ebm.datasets import get_dataset
 from numpyro_ebm.energies import MLPEnergy, base_log_prob
+from numpyro_ebm.flows import default_flow
 from numpyro_ebm.metrics import grid, grid_log_density
 from numpyro_ebm.training import (
     NEGATIVE_SAMPLERS,
@@ -421,6 +422,28 @@ def test_load_energy_is_total_energy(tmp_path):
         total_energy(jnp.zeros((2, 3)))
     with pytest.raises(FileNotFoundError, match="trained model"):
         load_energy(tmp_path / "nothing")
+
+
+def test_a_float32_model_loads_under_x64(tmp_path):
+    # NumPyro users often call numpyro.enable_x64(); the saved arrays are float32. Loading used
+    # to fail: "changed dtype from float64 in `like` to float32 on disk", blamed on the file.
+    energy = MLPEnergy(2, width=8, depth=1, key=jax.random.key(0))
+    energy = eqx.tree_at(lambda e: e.mlp.layers[-1].bias, energy, jnp.array([0.7]))
+    flow = default_flow(jax.random.key(1), 2, loc=0.0, scale=1.5)
+    save_model(tmp_path, energy, 1.5, flow=flow)
+    x = np.array([[0.3, -0.4], [1.0, 2.0]])
+    expected = np.asarray(load_energy(tmp_path)(x))
+    expected_log_q = np.asarray(flow.log_prob(jnp.asarray(x, jnp.float32)))
+    with jax.enable_x64(True):
+        model = load_model(tmp_path)
+        values = load_energy(tmp_path)(x)
+        log_q = model.flow.log_prob(jnp.asarray(x))
+        assert {leaf.dtype for leaf in jax.tree.leaves(eqx.filter(model, eqx.is_array))} == {
+            jnp.dtype("float64")
+        }
+    assert values.dtype == jnp.float64
+    np.testing.assert_allclose(values, expected, rtol=1e-6)
+    np.testing.assert_allclose(log_q, expected_log_q, rtol=1e-5)
 
 
 def test_save_and_load_model_with_flow(tmp_path, flowmc_run):

@@ -116,12 +116,23 @@ def save_checkpoint(path: str | os.PathLike, tree: Any) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, like: Any) -> Any:
+def _as_template_float(file, like: Any) -> Any:
+    value = eqx.default_deserialise_filter_spec(file, like)
+    floats = (value, like) if isinstance(like, jax.Array) else ()
+    if floats and all(jnp.issubdtype(x.dtype, jnp.floating) for x in floats):
+        return value.astype(like.dtype)
+    return value
+
+
+def load_checkpoint(path: str | os.PathLike, like: Any, *, cast_floats: bool = False) -> Any:
     """Read a tree written by :func:`save_checkpoint` into the structure of ``like``.
 
     Args:
         path: File to read.
         like: A tree of the same structure, shapes and dtypes (values are ignored).
+        cast_floats: Give stored floating-point arrays the dtype of ``like``'s, e.g. a model
+            trained in float32 loaded under ``jax_enable_x64``. A training checkpoint is read
+            without it: a run resumed in another precision would not continue as it began.
 
     Returns:
         The stored tree.
@@ -135,7 +146,8 @@ def load_checkpoint(path: str | os.PathLike, like: Any) -> Any:
         raise FileNotFoundError(f"{path}: no such file (expected a checkpoint)")
     template = _keys_to_data(like)
     try:
-        data = eqx.tree_deserialise_leaves(path, template)
+        filter_spec = _as_template_float if cast_floats else eqx.default_deserialise_filter_spec
+        data = eqx.tree_deserialise_leaves(path, template, filter_spec=filter_spec)
     except Exception as error:  # equinox raises a variety of errors on a mismatch
         raise ValueError(
             f"{path}: expected a checkpoint that fits the state built from the run's settings; "

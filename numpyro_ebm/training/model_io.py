@@ -16,7 +16,6 @@ the same structure passed as ``energy=``, whose arrays are replaced by the saved
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -36,6 +35,7 @@ from numpyro_ebm.training.run_files import read_model_settings, read_negatives
 from numpyro_ebm.training.step import TrainResult
 
 __all__ = [
+    "TotalEnergy",
     "TrainedModel",
     "load_energy",
     "load_model",
@@ -235,7 +235,9 @@ def load_model(out_dir: str | os.PathLike, energy: eqx.Module | None = None) -> 
     except (TypeError, ValueError) as error:
         raise type(error)(f"{settings_path}: {error}") from error
     energy_params, energy_static = eqx.partition(energy, eqx.is_array)
-    arrays = load_checkpoint(out_dir / MODEL_FILE, {"energy": energy_params, "flow": flow_params})
+    # Built at JAX's default float type: a float32 model loads under x64 and vice versa.
+    templates = {"energy": energy_params, "flow": flow_params}
+    arrays = load_checkpoint(out_dir / MODEL_FILE, templates, cast_floats=True)
     flow = None if flow_static is None else merge_flow(arrays["flow"], flow_static)
     negatives_path = out_dir / NEGATIVES_FILE
     negatives = (
@@ -250,9 +252,7 @@ def load_model(out_dir: str | os.PathLike, energy: eqx.Module | None = None) -> 
     )
 
 
-def load_energy(
-    out_dir: str | os.PathLike, energy: eqx.Module | None = None
-) -> Callable[[jax.Array], jax.Array]:
+def load_energy(out_dir: str | os.PathLike, energy: eqx.Module | None = None) -> TotalEnergy:
     """The trained model's total energy ``x ↦ E_θ(z) - log ρ(z) - log |∂z/∂x|``, batched.
 
     This is the model's -log unnormalised density (the tilted EBM of [A, Eq. 6]) of raw points
@@ -267,9 +267,10 @@ def load_energy(
         energy: A template of a custom energy network (see :func:`load_model`).
 
     Returns:
-        A function from ``x`` of shape ``(n, d)`` to energies of shape ``(n,)``, and from one
-        point ``(d,)`` to a scalar: a learned prior in raw units for
-        :func:`~numpyro_ebm.energies.energy_factor` inside a NumPyro model.
+        A callable :class:`TotalEnergy` from ``x`` of shape ``(n, d)`` to energies of shape
+        ``(n,)``, and from one point ``(d,)`` to a scalar: a learned prior in raw units for
+        :func:`~numpyro_ebm.energies.energy_factor` inside a NumPyro model. It pickles, and
+        so does an ``MCMC`` of a model that uses it.
 
     Raises:
         FileNotFoundError: If ``out_dir`` holds no trained model.
@@ -283,23 +284,47 @@ def load_energy(
         True
     """
     model = load_model(out_dir, energy)
-    tilted = jax.jit(jax.vmap(TiltedEnergy(model.energy, model.base_scale)))
-    prep = saved_preprocessing(model.settings)
-    dim = int(model.settings["dim"])
+    tilted = TiltedEnergy(model.energy, model.base_scale)
+    return TotalEnergy(tilted, saved_preprocessing(model.settings), int(model.settings["dim"]))
 
-    def total_energy(x: jax.Array) -> jax.Array:
+
+class TotalEnergy:
+    """A trained model's total energy in raw units, as :func:`load_energy` returns it.
+
+    A plain object of arrays (no closure), so a NumPyro model that uses it, and an ``MCMC``
+    of that model, can be pickled.
+
+    Args:
+        tilted: The tilted EBM on standardised coordinates.
+        preprocessing: The map from raw units to those coordinates.
+        dim: Dimension of a point.
+    """
+
+    def __init__(self, tilted: TiltedEnergy, preprocessing: Preprocessing, dim: int):
+        self.tilted = tilted
+        self.preprocessing = preprocessing
+        self.dim = dim
+        self._batched = jax.jit(jax.vmap(tilted))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {name: value for name, value in vars(self).items() if name != "_batched"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Energies of points ``(n, d)``, or the energy of one point ``(d,)``."""
         if not isinstance(x, jax.core.Tracer):  # concrete points: standardise in float64,
             x = np.asarray(x, dtype=np.float64)  # raw units may be large and finely resolved
-        if x.ndim not in (1, 2) or x.shape[-1] != dim:
+        if x.ndim not in (1, 2) or x.shape[-1] != self.dim:
             raise ValueError(
-                f"expected a point of shape ({dim},) or points of shape (n, {dim}), got shape "
-                f"{x.shape}"
+                f"expected a point of shape ({self.dim},) or points of shape (n, {self.dim}), "
+                f"got shape {x.shape}"
             )
+        prep = self.preprocessing
         z = jnp.asarray((x - prep.shift) / prep.scale)
-        energies = tilted(jnp.atleast_2d(z)) - prep.log_det_jacobian
+        energies = self._batched(jnp.atleast_2d(z)) - prep.log_det_jacobian
         return energies if x.ndim == 2 else energies[0]
-
-    return total_energy
 
 
 def _check_preprocessing(settings: dict[str, Any]) -> None:
