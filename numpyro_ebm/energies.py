@@ -236,8 +236,9 @@ def energy_factor(name: str, energy: Callable[[jax.Array], jax.Array], x: ArrayL
     Args:
         name: Name of the site.
         energy: Callable from one point of shape ``(d,)`` to a scalar energy.
-        x: One point of shape ``(d,)``, or a batch of shape ``(n, d)`` (the energy is vmapped and
-            the site gets batch shape ``(n,)``).
+        x: One point of shape ``(d,)`` (or a scalar, a point of a one-dimensional energy),
+            or points of shape ``(*batch, d)``, e.g. ``(n, d)`` or one per cell of nested
+            plates: the energy is vmapped and the site gets batch shape ``batch``.
 
     Example:
         >>> import jax.numpy as jnp
@@ -249,19 +250,19 @@ def energy_factor(name: str, energy: Callable[[jax.Array], jax.Array], x: ArrayL
     if not callable(energy):
         raise TypeError(f"`energy` must be callable, got {type(energy).__name__}.")
     x = jnp.asarray(x)
-    if x.ndim == 1:
+    batch_shape = x.shape[:-1]
+    if x.ndim <= 1:
         energy_value = jnp.asarray(energy(x))
-        expected_shape = ()
-    elif x.ndim == 2:
-        energy_value = jnp.asarray(jax.vmap(energy)(x))
-        expected_shape = x.shape[:1]
     else:
-        raise ValueError(f"`x` must have shape (d,) or (n, d), got shape {x.shape}.")
+        energy_value = jnp.asarray(jax.vmap(energy)(x.reshape(-1, x.shape[-1])))
+    expected_shape = (math.prod(batch_shape),) if batch_shape else ()
     if energy_value.shape != expected_shape:
+        per_point = energy_value.shape[len(expected_shape) :]
         raise ValueError(
-            "`energy` must map one point of shape (d,) to a scalar; for x of shape "
-            f"{x.shape} expected energies of shape {expected_shape}, got {energy_value.shape}."
+            f"expected `energy` to map one point of shape {x.shape[-1:]} to a scalar, got an "
+            f"array of shape {per_point} per point (x has shape {x.shape})."
         )
+    energy_value = energy_value.reshape(batch_shape)
     # Mirrors numpyro.primitives.factor, plus the EBM marker in `infer`.
     unit_dist = dist.Unit(-energy_value)
     numpyro.sample(

@@ -215,10 +215,26 @@ def test_energy_factor_single_point():
     np.testing.assert_allclose(total, -2.5)
 
 
+def test_energy_factor_in_nested_plates_and_on_a_scalar():
+    # Regression: only (d,) and (n, d) were accepted, where numpyro.factor takes any shape.
+    def grouped():
+        with numpyro.plate("groups", 3, dim=-2), numpyro.plate("items", 4, dim=-1):
+            x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+            energy_factor("e", _quadratic, x)
+
+    x = jnp.arange(24.0).reshape(3, 4, 2) / 10
+    trace = handlers.trace(handlers.substitute(grouped, {"x": x})).get_trace()
+    assert trace["e"]["fn"].batch_shape == (3, 4)
+    np.testing.assert_allclose(trace["e"]["fn"].log_factor, -jax.vmap(jax.vmap(_quadratic))(x))
+    scalar = log_density(lambda: energy_factor("e", lambda t: t**2, 3.0), (), {}, {})[0]
+    assert float(scalar) == -9.0
+
+
 def test_energy_factor_rejects_bad_input():
-    with pytest.raises(ValueError, match=r"shape \(d,\) or \(n, d\), got shape \(2, 2, 2\)"):
-        handlers.trace(lambda: energy_factor("e", _quadratic, jnp.zeros((2, 2, 2)))).get_trace()
-    with pytest.raises(ValueError, match=r"expected energies of shape \(\), got \(2,\)"):
+    message = r"one point of shape \(2,\) to a scalar, got an array of shape \(2,\) per point"
+    with pytest.raises(ValueError, match=message + r" \(x has shape \(2, 3, 2\)\)"):
+        handlers.trace(lambda: energy_factor("e", lambda x: x, jnp.zeros((2, 3, 2)))).get_trace()
+    with pytest.raises(ValueError, match=message + r" \(x has shape \(2,\)\)"):
         handlers.trace(lambda: energy_factor("e", lambda x: x, jnp.zeros(2))).get_trace()
     with pytest.raises(TypeError, match="`energy` must be callable"):
         energy_factor("e", None, jnp.zeros(2))
