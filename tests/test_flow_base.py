@@ -1,5 +1,7 @@
 """An EBM on top of a fitted flow: starts equal to the flow, keeps it frozen, trains the rest."""
 
+import json
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -11,7 +13,8 @@ from scipy.stats import norm
 
 from numpyro_ebm.energies import MLPEnergy, TiltedEnergy
 from numpyro_ebm.flow_base import FlowBaseEnergy, fit_base_flow
-from numpyro_ebm.training import TrainConfig, Trainer
+from numpyro_ebm.flows import default_flow
+from numpyro_ebm.training import TrainConfig, Trainer, load_model, save_model, save_result
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +79,28 @@ def test_trainer_starts_walkers_and_sampler_flow_from_the_base(fitted, tmp_path)
         np.testing.assert_array_equal(before, after)
     with pytest.raises(ValueError, match="base_scale"):
         Trainer(path, config.replace(base_scale=2.0), energy=energy)
+    # Regression: the flow fitted from q₀ was saved, but loading rebuilt the default flow as
+    # its template and failed ("changed shape ... on disk").
+    out = save_result(tmp_path / "run", result)
+    assert json.loads((out / "model.json").read_text())["flow"] == "energy"
+    loaded = load_model(out, energy=energy)
+    point = jnp.array([0.3, -0.4])
+    assert float(loaded.flow.log_prob(point)) == float(result.flow.log_prob(point))
+
+
+def test_a_saved_flow_records_which_flow_it_started_from(fitted, tmp_path):
+    _, flow, _ = fitted
+    energy = FlowBaseEnergy(MLPEnergy(2, width=8, depth=1, key=jax.random.key(2)), flow, 1.0)
+    # nt and nce fit the default flow whatever the energy: it loads as the default flow.
+    default = default_flow(jax.random.key(5), 2, loc=0.0, scale=1.0)
+    save_model(tmp_path / "nt", energy, 1.0, flow=default, dim=2)
+    assert json.loads((tmp_path / "nt" / "model.json").read_text())["flow"] == "default"
+    point = jnp.array([0.3, -0.4])
+    reloaded = load_model(tmp_path / "nt", energy=energy).flow
+    assert float(reloaded.log_prob(point)) == float(default.log_prob(point))
+    # A flow that neither start can hold is refused when saving, not when loading.
+    with pytest.raises(ValueError, match="expected `flow` to be a fitted copy of the flow"):
+        save_model(tmp_path / "other", energy, 1.0, flow=Normal(jnp.zeros(2)), dim=2)
 
 
 def test_bad_parts_are_clear_errors():

@@ -3,7 +3,8 @@
 A run directory written by :func:`save_model` holds
 
 - ``model.json``: dimension, σ of the tilt, the energy network's spec (``"energy"``, see
-  :mod:`~numpyro_ebm.training.energy_specs`) and whether a flow was trained;
+  :mod:`~numpyro_ebm.training.energy_specs`), whether a flow was trained and which flow it
+  started from (``"flow"``);
 - ``model.eqx``: the energy's arrays and the flow's trainable arrays, written with equinox
   serialisation (``.npy`` records, no pickle);
 - ``negatives.npy``: the final persistent walkers, used to start sampling.
@@ -67,13 +68,54 @@ class TrainedModel(NamedTuple):
     settings: dict[str, Any]
 
 
+def _flow_templates(energy: eqx.Module, dim: int, base_scale: float) -> dict[str, Any]:
+    """The flows a trained flow can have started from, by the name ``model.json`` records.
+
+    ``"energy"``: the energy's own start (a :class:`~numpyro_ebm.flow_base.FlowBaseEnergy`'s
+    ``initial_flow()``, which the flow-assisted sampler fits from); ``"default"``:
+    :func:`~numpyro_ebm.flows.default_flow` started as ρ.
+    """
+    templates = {}
+    if callable(getattr(energy, "initial_flow", None)):
+        templates["energy"] = lambda: energy.initial_flow()
+    templates["default"] = lambda: default_flow(jax.random.key(0), dim, loc=0.0, scale=base_scale)
+    return templates
+
+
+def _array_layout(flow: AbstractDistribution) -> list[tuple[str, tuple[int, ...], Any]]:
+    leaves = jax.tree_util.tree_leaves_with_path(split_flow(flow)[0])
+    return [(jax.tree_util.keystr(path), leaf.shape, leaf.dtype) for path, leaf in leaves]
+
+
+def _flow_source(flow: AbstractDistribution, energy: eqx.Module, dim: int, base: float) -> str:
+    layout = _array_layout(flow)
+    templates = _flow_templates(energy, dim, base)
+    for name, template in templates.items():
+        if _array_layout(template()) == layout:
+            return name
+    raise ValueError(
+        "expected `flow` to be a fitted copy of the flow training starts from ("
+        + " or ".join(
+            {"energy": "the energy's initial_flow()", "default": "default_flow"}[name]
+            for name in templates
+        )
+        + f"), which a saved model is loaded into; got a {type(flow).__name__} of other arrays"
+    )
+
+
 def _templates(settings: dict[str, Any], energy: eqx.Module | None) -> tuple[eqx.Module, Any, Any]:
     dim = int(settings["dim"])
     energy = energy_from_spec(settings["energy"], dim, template=energy)
     flow_params, flow_static = (None, None)
     if settings["has_flow"]:
-        flow = default_flow(jax.random.key(0), dim, loc=0.0, scale=float(settings["base_scale"]))
-        flow_params, flow_static = split_flow(flow)
+        templates = _flow_templates(energy, dim, float(settings["base_scale"]))
+        source = settings.get("flow", "default")  # earlier releases: the default flow only
+        if not isinstance(source, str) or source not in templates:
+            raise ValueError(
+                f"key 'flow': expected one of {sorted(templates)} for an energy of type "
+                f"{type(energy).__name__}, got {source!r}"
+            )
+        flow_params, flow_static = split_flow(templates[source]())
     return energy, flow_params, flow_static
 
 
@@ -96,8 +138,11 @@ def save_model(
             :class:`~numpyro_ebm.networks.ConvEnergy` or any module that
             :func:`~numpyro_ebm.networks.check_energy` accepts.
         base_scale: σ of the tilt.
-        flow: The trained flow (the default flow of :func:`~numpyro_ebm.flows.default_flow`
-            started at ``loc=0, scale=base_scale``), or ``None``.
+        flow: The trained flow, or ``None``: a fitted copy of the default flow
+            (:func:`~numpyro_ebm.flows.default_flow` started at ``loc=0,
+            scale=base_scale``) or of the energy's ``initial_flow()`` (a
+            :class:`~numpyro_ebm.flow_base.FlowBaseEnergy`'s), which ``model.json`` records
+            as ``"flow": "default"`` or ``"energy"`` for loading.
         negatives: Final walkers to store, or ``None``.
         preprocessing: The map from raw data to the model's coordinates
             (``trainer.preprocessing``); ``None`` for a model of the raw data itself. Without
@@ -144,6 +189,7 @@ def save_model(
         "base_scale": float(base_scale),
         "energy": energy_spec(energy),
         "has_flow": flow is not None,
+        **({} if flow is None else {"flow": _flow_source(flow, energy, dim, base_scale)}),
         "preprocessing": preprocessing.to_dict(),
         **(extra or {}),
     }
