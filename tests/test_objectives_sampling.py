@@ -380,3 +380,18 @@ def test_trainer_runs_and_resumes_exactly(name, tmp_path):
     assert expected | ({"flow_loss"} if name == "coopflow" else set()) <= set(last)
     assert all(np.isfinite(last[k]) for k in ("loss", "energy_gap", "accept_prob"))
     assert (full.flow is not None) == (name == "coopflow")
+
+
+def test_with_settings_routes_by_the_objective_it_switches_to():
+    # Regression: settings were routed by the old objective, so dsm's own setting was unknown
+    # and pcd's num_walkers reached DSM's constructor as a raw TypeError.
+    config = TrainConfig().with_settings(objective="dsm", noise_scale=0.3, num_epochs=2)
+    assert (config.objective.name, config.objective.noise_scale, config.num_epochs) == (
+        "dsm",
+        0.3,
+        2,
+    )
+    with pytest.raises(ValueError, match=r"of objective 'dsm' .*got \['num_walkers'\]"):
+        TrainConfig().with_settings(objective="dsm", num_walkers=64)
+    with pytest.raises(ValueError, match=r"settings of the run \(among \[.*'patience'"):
+        TrainConfig().with_settings(patiense=3)

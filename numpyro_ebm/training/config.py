@@ -188,16 +188,23 @@ class TrainConfig:
 
         Raises:
             ValueError: For a setting that neither the run nor its objective has (``strict``).
+                An ``objective`` changed in the same call is the one whose settings count.
+
+        Example:
+            >>> TrainConfig().with_settings(objective="dsm", noise_scale=0.3).objective.name
+            'dsm'
         """
         shared = {k: v for k, v in changes.items() if k in self.field_names()}
-        own = {k: v for k, v in changes.items() if k in self.objective.field_names()}
+        config = self.replace(**shared)
+        own = {k: v for k, v in changes.items() if k in config.objective.field_names()}
         unknown = sorted(set(changes) - set(shared) - set(own))
         if unknown and strict:
+            run_settings = sorted(set(self.field_names()) - {"objective"})
             raise ValueError(
-                f"expected settings of the run or of objective {self.objective.name!r} "
-                f"(among {sorted(self.objective.field_names())}), got {unknown}"
+                f"expected settings of the run (among {run_settings}) or of objective "
+                f"{config.objective.name!r} (among {sorted(config.objective.field_names())}), "
+                f"got {unknown}"
             )
-        config = self.replace(**shared)
         return config.replace(objective=config.objective.replace(**own)) if own else config
 
     def to_dict(self) -> dict[str, Any]:
