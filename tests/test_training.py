@@ -318,6 +318,21 @@ def test_a_state_of_another_dimension_is_a_clear_error(ula_run):
         trainer.fit(dict(ula_run.state._asdict()), progress_bar=False)
 
 
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"num_walkers": 64}, r"state.walkers.position of shape \(64, 2\), got \(128, 2\)"),
+        ({"sampler": "mala"}, r"an objective state FlowMCState, got ULAState"),
+    ],
+)
+def test_a_state_of_other_walkers_or_another_sampler_is_a_clear_error(ula_run, settings, match):
+    # Regression: other walkers trained on silently (settings.json recorded the trainer's
+    # count), another sampler's state failed deep inside JAX with a pytree error.
+    trainer = Trainer("two-modes-2to1", ula_run.trainer.config.with_settings(**settings))
+    with pytest.raises(ValueError, match=match):
+        trainer.fit(ula_run.state, progress_bar=False)
+
+
 def test_file_dataset_trains(tmp_path):
     path = tmp_path / "points.csv"
     points = np.random.default_rng(0).normal(size=(200, 3)) + 1.0

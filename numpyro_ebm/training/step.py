@@ -50,26 +50,28 @@ class TrainState(NamedTuple):
     rng_key: jax.Array
 
 
-def check_given_state(state: Any, energy_params: Any, walkers_shape: tuple[int, int]) -> None:
+def check_given_state(state: Any, template: TrainState, walkers_shape: tuple[int, int]) -> None:
     """Raise unless ``state`` could come from a trainer of these settings.
 
-    A state passed to :meth:`Trainer.fit` from a run on data of another dimension or with
-    another network would otherwise fail deep inside the step with JAX's pytree error.
+    A state passed to :meth:`Trainer.fit` from a run on data of another dimension, with
+    another network, objective, sampler or number of walkers would otherwise fail deep inside
+    the step with JAX's pytree error, or train on with settings other than those recorded.
 
     Args:
         state: The given state.
-        energy_params: The trainer's initial energy parameters (structure and shapes).
+        template: The trainer's initial state (structure and shapes).
         walkers_shape: ``(num_walkers, dim)`` of the trainer.
 
     Raises:
         TypeError: If ``state`` is not a :class:`TrainState`.
-        ValueError: If its energy parameters' structure or shapes differ.
+        ValueError: If its energy parameters or its objective's state differ in structure or
+            shapes.
 
     Example:
         >>> import jax.numpy as jnp
-        >>> params = {"w": jnp.zeros((3, 8))}
-        >>> state = TrainState({"w": jnp.zeros((2, 8))}, None, None, None, 0, None)
-        >>> check_given_state(state, params, (16, 3))
+        >>> template = TrainState({"w": jnp.zeros((3, 8))}, None, None, jnp.zeros((16, 3)), 0, None)
+        >>> state = template._replace(energy_params={"w": jnp.zeros((2, 8))})
+        >>> check_given_state(state, template, (16, 3))
         Traceback (most recent call last):
         ...
         ValueError: expected a `state` of this trainer (points of dimension 3, 16 walkers): ...
@@ -79,14 +81,36 @@ def check_given_state(state: Any, energy_params: Any, walkers_shape: tuple[int, 
             "expected `state` a TrainState (`trainer.init_state()` or a fit's `result.state`), "
             f"got {type(state).__name__}"
         )
-    given, expected = _shapes(state.energy_params), _shapes(energy_params)
+    num_walkers, dim = walkers_shape
+    expected_of = (
+        f"expected a `state` of this trainer (points of dimension {dim}, {num_walkers} walkers)"
+    )
+    given, expected = _shapes(state.energy_params), _shapes(template.energy_params)
     if given != expected:
-        num_walkers, dim = walkers_shape
         raise ValueError(
-            f"expected a `state` of this trainer (points of dimension {dim}, {num_walkers} "
-            f"walkers): energy parameters of shapes {expected[1]}, got {given[1]} (a state of "
-            "a run on other data, or with another network?)"
+            f"{expected_of}: energy parameters of shapes {expected[1]}, got {given[1]} (a state "
+            "of a run on other data, or with another network?)"
         )
+    given, expected = state.objective_state, template.objective_state
+    if type(given) is not type(expected):
+        raise ValueError(
+            f"{expected_of}: an objective state {type(expected).__name__}, got "
+            f"{type(given).__name__} (a state of a run with another objective or sampler?)"
+        )
+    for (path, shape), (_, expected_shape) in zip(_layout(given), _layout(expected), strict=False):
+        if shape != expected_shape:
+            raise ValueError(
+                f"{expected_of}: objective state{path} of shape {expected_shape}, got {shape} "
+                "(a state of a run with other settings?)"
+            )
+    if len(_layout(given)) != len(_layout(expected)):
+        raise ValueError(f"{expected_of}: an objective state of other fields")
+
+
+def _layout(tree: Any) -> list[tuple[str, tuple[int, ...]]]:
+    """Each leaf's path and shape."""
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    return [(jax.tree_util.keystr(path), tuple(jnp.shape(leaf))) for path, leaf in leaves]
 
 
 def _shapes(tree: Any) -> tuple[Any, list[tuple[int, ...]]]:

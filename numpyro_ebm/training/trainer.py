@@ -313,7 +313,7 @@ class Trainer:
             state = self.init_state()
         else:
             walkers_shape = (self.objective.num_walkers, self.dim)
-            check_given_state(state, self._initial_energy_params, walkers_shape)
+            check_given_state(state, self.init_state(), walkers_shape)
         state, history, partial, paths, best_state = open_run(
             None if out_dir is None else Path(out_dir),
             state,
