@@ -14,7 +14,14 @@ from scipy.stats import norm
 from numpyro_ebm.cli import main
 from numpyro_ebm.energies import TiltedEnergy
 from numpyro_ebm.preprocessing import Preprocessing
-from numpyro_ebm.training import TrainConfig, Trainer, load_energy, load_model, sample_run
+from numpyro_ebm.training import (
+    TrainConfig,
+    Trainer,
+    evaluate,
+    load_energy,
+    load_model,
+    sample_run,
+)
 from numpyro_ebm.training import validation as validation_module
 from numpyro_ebm.training.data import training_data
 from numpyro_ebm.training.heldout import heldout_metrics
@@ -157,6 +164,11 @@ def test_early_stopping_ends_the_run_and_resumes_to_the_same_end(tmp_path, monke
     assert [entry["epoch"] for entry in result.history] == [1, 2, 3, 4]
     assert int(result.best_state.step) == 2 * MINI["steps_per_epoch"]
     assert validation_module.best_epoch(result.history) == 2
+    # The kept model's report takes its own epoch's figures (it took the last epoch's: 1.2).
+    kept = evaluate(result._replace(state=result.best_state), num_chain_steps=10)
+    assert (kept["epoch"], kept["final_val_log_likelihood"]) == (2, 2.0)
+    last = evaluate(result, num_chain_steps=10)
+    assert (last["epoch"], last["final_val_log_likelihood"]) == (4, 1.2)
     # Resuming a stopped run does not train on: its history already says stop.
     resumed = Trainer("wine", config).fit(out_dir=tmp_path, resume=True, progress_bar=False)
     assert len(resumed.history) == 4 and int(resumed.state.step) == int(result.state.step)

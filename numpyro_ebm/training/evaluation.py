@@ -14,6 +14,9 @@
   with the energy frozen, and the max R̂ / min bulk ESS are taken across its walkers as
   independent chains. Other objectives' samples restart at every step, so their R̂ says
   nothing about the method and is not reported.
+- The training history's entry of the evaluated state's epoch, each metric under a ``final_``
+  prefix, and that ``epoch``: the last one, or the best validation's when the state evaluated
+  is the one early stopping kept (``result.best_state``).
 """
 
 from __future__ import annotations
@@ -139,13 +142,21 @@ def evaluate(
         metrics.update(_mixing_metrics(trainer.negative_chains(state, num_chain_steps)))
     bar.update()
     bar.close()
-    last = result.history[-1] if result.history else {}
+    last = _history_entry(result.history, int(state.step))
+    if "epoch" in last:
+        metrics["epoch"] = last["epoch"]
     skipped = {"epoch", "step", "mode_weights", "time_s"}
     for name, value in last.items():
         if name not in skipped:
             metrics[f"final_{name}"] = value
     metrics["evaluation_s"] = time.perf_counter() - start
     return metrics
+
+
+def _history_entry(history: list[dict[str, Any]], step: int) -> dict[str, Any]:
+    """The history's entry of the state at ``step``; the last one if none is (or empty)."""
+    at_step = [entry for entry in history if entry.get("step") == step]
+    return at_step[-1] if at_step else (history[-1] if history else {})
 
 
 def _mixing_metrics(chains: np.ndarray) -> dict[str, Any]:
