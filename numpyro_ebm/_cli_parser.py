@@ -155,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Estimate log Z of DIR's model and the mean log-likelihood of held-out data.",
     )
     evaluate.add_argument(
-        "--data", required=True, help=".npy/.csv file (raw units), or a built-in's test split"
+        "--data",
+        required=True,
+        help=".npy/.csv file (raw units), or a built-in: a real one's test split, or exact draws",
     )
     evaluate.add_argument("--out", metavar="FILE", help="also write the results as JSON")
     evaluate.add_argument(

@@ -23,7 +23,9 @@ timings, history) and PNG figures (``energy.png`` in 2-D, ``samples.png``,
 ``mode_weights.png``, ``training.png``). ``sample`` writes ``samples.npy`` and ``summary.csv``
 (ArviZ) to ``DIR``, in the units of the training data. ``evaluate`` prints and writes (JSON) the
 held-out log-likelihood of ``DATA`` (a file in the training data's raw units, or a built-in's
-name for its test split) with log Z, its standard error and the importance ESS.
+name: a real one's test split, or 2000 fresh exact draws of one with a known density, which
+adds their exact log-likelihood and the KL divergence from the data to the model) with log Z,
+its standard error and the importance ESS.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ FAST_SETTINGS: dict[str, Any] = dict(
     num_data=2000,
     grid_points=40,
 )
+#: Exact draws that ``evaluate`` scores for a built-in with a known density.
+EXACT_TEST_POINTS = 2000
 #: Evaluation settings (see :func:`numpyro_ebm.training.evaluate`), normal and ``--fast``.
 _EVALUATION = dict(num_chain_steps=200, num_flowmc_samples=200)
 _FAST_EVALUATION = dict(num_chain_steps=20, num_flowmc_samples=20)
@@ -190,6 +194,7 @@ def _run_sample(args: argparse.Namespace) -> int:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     import jax
+    import numpy as np
 
     from numpyro_ebm.datasets import get_dataset
     from numpyro_ebm.training import load_model
@@ -201,12 +206,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         _check_writable(args.out, "--out", directory=False)
     model = load_model(args.run_dir)
     dataset = get_dataset(args.data)
-    points = dataset.data if dataset.test_data is None else dataset.test_data
-    if points is None:
-        raise ValueError(
-            f"expected held-out points: a data file or a built-in with a test split, got "
-            f"{args.data!r}, which has none"
-        )
+    exact = {}
+    if dataset.is_builtin:  # a known density: fresh exact draws, and their exact likelihood
+        points = np.asarray(dataset.sample(jax.random.key(args.seed + 1), EXACT_TEST_POINTS))
+        exact["exact_log_likelihood"] = float(np.mean(dataset.log_prob(points)))
+    else:
+        points = dataset.data if dataset.test_data is None else dataset.test_data
     preprocessing = saved_preprocessing(model.settings)
     metrics = heldout_metrics(
         jax.random.key(args.seed),
@@ -217,7 +222,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         points,
         num_samples=args.num_samples,
     )
-    result = {"command": "evaluate", "run_dir": str(args.run_dir), "data": args.data, **metrics}
+    if exact:  # KL(p || model) = E_p[log p − log model], up to the two estimates' errors
+        exact["kl_divergence"] = exact["exact_log_likelihood"] - metrics["heldout_log_likelihood"]
+    result = {
+        "command": "evaluate",
+        "run_dir": str(args.run_dir),
+        "data": args.data,
+        **metrics,
+        **exact,
+    }
     if args.out:
         write_json(Path(args.out), result)
     print(json.dumps(result, indent=2))
