@@ -28,7 +28,8 @@ def python_scalar(value: Any) -> Any:
         >>> python_scalar(jnp.array(8)), python_scalar(np.float32(0.5)), python_scalar("a")
         (8, 0.5, 'a')
     """
-    if isinstance(value, np.generic | np.ndarray | jax.Array) and np.shape(value) == ():
+    is_array = isinstance(value, np.generic | np.ndarray | jax.Array)
+    if is_array and np.shape(value) == () and not is_key_array(value):
         return np.asarray(value).item()
     return value
 
@@ -92,7 +93,14 @@ def seed_value(name: str, value: Any) -> int:
     """
     is_integer = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if not (is_integer and 0 <= value < SEED_LIMIT):
-        raise ValueError(f"`{name}` must be an integer in [0, 2**32), got {value!r}.")
+        raw_key = isinstance(value, np.ndarray | jax.Array) and value.dtype == np.uint32
+        looks_like_key = is_key_array(value) or (raw_key and value.shape == (2,))
+        hint = (
+            " (a PRNG key: pass the integer you would give jax.random.key)"
+            if looks_like_key
+            else ""
+        )
+        raise ValueError(f"`{name}` must be an integer in [0, 2**32), got {value!r}{hint}.")
     return int(value)
 
 

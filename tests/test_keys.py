@@ -250,3 +250,13 @@ def test_sample_energy_accepts_both_key_kinds():
     assert leaves_equal(typed, raw)
     with pytest.raises(TypeError, match="got int 0"):
         sample_energy(0, lambda x: jnp.sum(x**2), 2, 1.0, num_samples=3)
+
+
+@pytest.mark.parametrize("key", [jax.random.key(0), jax.random.PRNGKey(0)])
+def test_a_key_given_as_the_trainer_seed_is_named(key):
+    # Regression: a typed key failed inside NumPy ("JAX array with PRNGKey dtype cannot be
+    # converted"); the trainer takes an integer seed, as the command line does.
+    with pytest.raises(ValueError, match=r"(?s)`seed` must be an integer .*\(a PRNG key: pass the"):
+        TrainConfig(seed=key)
+    with pytest.raises(ValueError, match=r"got \[1, 2\]\.$"):  # not a key: no hint
+        TrainConfig(seed=[1, 2])
