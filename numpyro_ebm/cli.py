@@ -41,7 +41,7 @@ from typing import Any
 
 from numpyro_ebm._cli_parser import CONFIG_OPTIONS, build_parser, parse_set
 
-__all__ = ["FAST_SETTINGS", "main"]
+__all__ = ["FAST_SETTINGS", "main", "summary_line"]
 
 #: Settings of ``--fast``: a tiny run for CI and tests (seconds, not minutes); those that the
 #: chosen objective does not have are skipped.
@@ -57,6 +57,18 @@ FAST_SETTINGS: dict[str, Any] = dict(
     fit_batch_size=64,
     num_data=2000,
     grid_points=40,
+)
+#: Metrics the ``train`` command prints, those the dataset has: mode weights and density error
+#: where they are known, held-out and validation log-likelihood where there are such points,
+#: the last loss always.
+SUMMARY_METRICS = (
+    "top_right_weight",
+    "zone_weight_mse",
+    "median_sq_log_density_error",
+    "test_heldout_log_likelihood",
+    "final_val_log_likelihood",
+    "negatives_max_rhat",
+    "final_loss",
 )
 #: Exact draws that ``evaluate`` scores for a built-in with a known density.
 EXACT_TEST_POINTS = 2000
@@ -153,19 +165,24 @@ def _run_train(args: argparse.Namespace) -> int:
         "figures": {name: path.name for name, path in figures.items()},
     }
     write_json(out / "report.json", report)
-    summary = ", ".join(
-        f"{name} {metrics[name]:.4g}"
-        for name in (
-            "top_right_weight",
-            "zone_weight_mse",
-            "median_sq_log_density_error",
-            "negatives_max_rhat",
-        )
-        if name in metrics
-    )
+    summary = summary_line(metrics)
     print(f"trained {_method_name(config.objective)} EBM on {trainer.dataset_spec}: {summary}")
     print(f"wrote {out / 'report.json'} in {report['timings']['total_s']:.1f} s")
     return 0
+
+
+def summary_line(metrics: dict[str, Any]) -> str:
+    """The metrics of :data:`SUMMARY_METRICS` that a run has, as ``name value, ...``.
+
+    Example:
+        >>> summary_line({"final_loss": -0.0123, "negatives_max_rhat": None, "dim": 2})
+        'final_loss -0.0123'
+    """
+    return ", ".join(
+        f"{name} {metrics[name]:.4g}"
+        for name in SUMMARY_METRICS
+        if isinstance(metrics.get(name), int | float) and not isinstance(metrics[name], bool)
+    )
 
 
 def _method_name(objective) -> str:

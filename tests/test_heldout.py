@@ -11,7 +11,7 @@ import pytest
 from _objectives import TRAINER_SETTINGS
 from scipy.stats import norm
 
-from numpyro_ebm.cli import EXACT_TEST_POINTS, main
+from numpyro_ebm.cli import EXACT_TEST_POINTS, main, summary_line
 from numpyro_ebm.datasets import get_dataset
 from numpyro_ebm.energies import TiltedEnergy
 from numpyro_ebm.preprocessing import Preprocessing
@@ -296,3 +296,11 @@ def test_load_energy_and_sample_are_in_raw_units(file_run, tmp_path):
     draws = np.load(samples_path).reshape(-1, 2)
     # Draws come back in the data's units: centred near (500, 5), not near the origin.
     assert abs(draws[:, 0].mean() - 500.0) < 40.0 and abs(draws[:, 1].mean() - 5.0) < 0.5
+
+
+def test_the_summary_of_a_file_run_names_its_validation_and_loss(file_run):
+    # Regression: file data have no known modes, and the printed summary was empty.
+    metrics = json.loads((file_run / "run" / "report.json").read_text())["metrics"]
+    summary = summary_line(metrics)
+    assert summary.startswith("final_val_log_likelihood ")
+    assert "final_loss " in summary and "top_right_weight" not in summary
