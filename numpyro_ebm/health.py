@@ -239,12 +239,14 @@ def find_problems(
         problems.append(
             f"local moves stalled in {stalled_fraction:.1%} of the walkers' iterations "
             f"(MALA acceptance < {STALLED_ACCEPT_PROB:.0%}; > {MAX_STALLED_FRACTION:.0%}): part "
-            "of the posterior is much narrower than the step size, like the neck of a funnel "
-            "(a centred hierarchical model, where NUTS reports divergences). Only the flow "
-            "moves walkers there, and it may underweight that region. Reparameterise the "
-            "model (for a hierarchy, numpyro.handlers.reparam with "
-            "numpyro.infer.reparam.LocScaleReparam(0) on the group-level sites), or compare "
-            "runs from other seeds."
+            "of the posterior is much narrower than the step size. Most often it is the neck "
+            "of a funnel (a centred hierarchical model, where NUTS reports divergences): only "
+            "the flow moves walkers there, and it may underweight that region; reparameterise "
+            "the model (numpyro.handlers.reparam with numpyro.infer.reparam.LocScaleReparam(0) "
+            "on the group-level sites). Two other causes: a hard edge of the support that "
+            "depends on the parameters (a Uniform(0, θ) likelihood; many proposals are then "
+            "outside it, see num_nonfinite), where the draws can still be right; or a step size "
+            "not adapted (num_warmup=0 or too short). Compare runs from other seeds."
         )
     return tuple(problems)
 
