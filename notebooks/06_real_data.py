@@ -329,7 +329,9 @@ ax_share.legend()
 ax_valid.set(xlabel="training step", ylabel="nats per image", title="validation log-likelihood")
 ax_valid.legend()
 fig.tight_layout()
-last_global_accept = {s: r.history[-1]["global_accept_prob"] for s, r in class_runs.items()}
+last_global_accept = {
+    s: r.history[-1].get("global_accept_prob", np.nan) for s, r in class_runs.items()
+}
 class_table = pd.DataFrame(
     {
         sampler: {
