@@ -31,7 +31,6 @@ its standard error and the importance ESS.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -215,7 +214,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     from numpyro_ebm.datasets import get_dataset
     from numpyro_ebm.training import load_model
-    from numpyro_ebm.training.checkpoint import write_json
+    from numpyro_ebm.training.checkpoint import json_text, write_json
     from numpyro_ebm.training.heldout import heldout_metrics
     from numpyro_ebm.training.model_io import saved_preprocessing
 
@@ -250,7 +249,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     }
     if args.out:
         write_json(Path(args.out), result)
-    print(json.dumps(result, indent=2))
+    print(json_text(result))  # as the file: strict JSON
     return 0
 
 

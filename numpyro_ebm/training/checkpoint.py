@@ -25,6 +25,7 @@ from numpyro_ebm.training.mesh import gather_to_host, is_main_process
 
 __all__ = [
     "checkpoint_paths",
+    "json_text",
     "latest_checkpoint",
     "load_checkpoint",
     "read_json",
@@ -200,6 +201,21 @@ def _nonfinite_to_null(content: Any) -> Any:
     return content
 
 
+def json_text(content: Any, *, exact: bool = False) -> str:
+    """``content`` as indented JSON text: strict JSON unless ``exact`` (see :func:`write_json`).
+
+    Example:
+        >>> print(json_text([1.5, float("inf")]))
+        [
+          1.5,
+          null
+        ]
+    """
+    if exact:
+        return json.dumps(content, indent=2, allow_nan=True)
+    return json.dumps(_nonfinite_to_null(content), indent=2, allow_nan=False)
+
+
 def write_json(path: str | os.PathLike, content: Any, *, exact: bool = False) -> Path:
     """Write ``content`` as indented JSON, atomically.
 
@@ -224,10 +240,7 @@ def write_json(path: str | os.PathLike, content: Any, *, exact: bool = False) ->
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if exact:
-        text = json.dumps(content, indent=2, allow_nan=True)
-    else:
-        text = json.dumps(_nonfinite_to_null(content), indent=2, allow_nan=False)
+    text = json_text(content, exact=exact)
     _write_atomically(path, lambda tmp: tmp.write_text(text + "\n"))
     return path
 
