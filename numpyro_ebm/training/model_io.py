@@ -82,9 +82,10 @@ def _flow_templates(energy: eqx.Module, dim: int, base_scale: float) -> dict[str
     return templates
 
 
-def _array_layout(flow: AbstractDistribution) -> list[tuple[str, tuple[int, ...], Any]]:
+def _array_layout(flow: AbstractDistribution) -> list[tuple[str, tuple[int, ...]]]:
+    """Each trainable array's path and shape (dtypes may differ: loading casts floats)."""
     leaves = jax.tree_util.tree_leaves_with_path(split_flow(flow)[0])
-    return [(jax.tree_util.keystr(path), leaf.shape, leaf.dtype) for path, leaf in leaves]
+    return [(jax.tree_util.keystr(path), leaf.shape) for path, leaf in leaves]
 
 
 def _flow_source(flow: AbstractDistribution, energy: eqx.Module, dim: int, base: float) -> str:
