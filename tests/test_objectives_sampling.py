@@ -17,6 +17,7 @@ Energy-Based Model*, NeurIPS (2019).
 """
 
 import functools
+import warnings
 from typing import NamedTuple
 
 import equinox as eqx
@@ -395,3 +396,14 @@ def test_with_settings_routes_by_the_objective_it_switches_to():
         TrainConfig().with_settings(objective="dsm", num_walkers=64)
     with pytest.raises(ValueError, match=r"settings of the run \(among \[.*'patience'"):
         TrainConfig().with_settings(patiense=3)
+
+
+def test_a_setting_the_chosen_sampler_does_not_read_warns():
+    # Regression: `--sampler ula --particles 4` ran exactly as without --particles, silently.
+    with pytest.warns(UserWarning, match=r"num_particles, global_move set but not used .*'ula'"):
+        TrainConfig().with_settings(sampler="ula", num_particles=4, global_move="imh")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TrainConfig().with_settings(sampler="ula", num_local_steps=3, ula_step_size=0.01)
+        TrainConfig().with_settings(num_particles=4, global_move="imh")  # flowmc reads them
+        TrainConfig().with_settings(strict=False, sampler="ula", num_particles=4)  # a preset

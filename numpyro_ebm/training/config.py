@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 from numpyro_ebm._checks import positive_float, positive_int, seed_value, store_python_scalars
@@ -190,6 +191,10 @@ class TrainConfig:
             ValueError: For a setting that neither the run nor its objective has (``strict``).
                 An ``objective`` changed in the same call is the one whose settings count.
 
+        Warns:
+            UserWarning: For a setting the objective holds but does not use (``strict``), such
+                as ``num_particles`` with ``pcd``'s ``ula`` sampler.
+
         Example:
             >>> TrainConfig().with_settings(objective="dsm", noise_scale=0.3).objective.name
             'dsm'
@@ -205,7 +210,19 @@ class TrainConfig:
                 f"{config.objective.name!r} (among {sorted(config.objective.field_names())}), "
                 f"got {unknown}"
             )
-        return config.replace(objective=config.objective.replace(**own)) if own else config
+        config = config.replace(objective=config.objective.replace(**own)) if own else config
+        unused = config.objective.unused_settings(own) if strict else []
+        if unused:
+            sampler = getattr(config.objective, "sampler", None)
+            warnings.warn(
+                f"numpyro_ebm: {', '.join(unused)} set but not used by objective "
+                f"{config.objective.name!r}"
+                + (f" with sampler {sampler!r}" if sampler else "")
+                + ": ignored (the objective's attributes say which sampler reads each)",
+                UserWarning,
+                stacklevel=2,
+            )
+        return config
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a JSON-serialisable dict; the objective's under ``"objective"``."""

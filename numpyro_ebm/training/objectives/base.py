@@ -138,6 +138,13 @@ class ObjectiveSettings:
         """The names of the settings."""
         return tuple(field.name for field in dataclasses.fields(cls))
 
+    def unused_settings(self, names: Any) -> list[str]:
+        """Those of ``names`` that these settings hold but do not use (none by default).
+
+        ``pcd`` holds every sampler's settings and uses only its chosen sampler's.
+        """
+        return []
+
     def to_dict(self) -> dict[str, Any]:
         """The settings as a JSON-serialisable dict, with the objective's ``name``."""
         return {"name": self.name, **dataclasses.asdict(self)}

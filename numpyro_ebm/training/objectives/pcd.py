@@ -16,7 +16,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from typing import override
+from typing import Any, override
 
 from numpyro_ebm._checks import positive_float, positive_int
 from numpyro_ebm.training.negatives import (
@@ -33,6 +33,33 @@ from numpyro_ebm.training.objectives.base import (
 )
 
 __all__ = ["PCD"]
+
+
+#: Per sampler: ``(builder argument, setting)`` for each setting of :class:`PCD` it reads.
+_SAMPLER_SETTINGS = {
+    "flowmc": (
+        ("global_move", "global_move"),
+        ("num_rounds", "num_rounds"),
+        ("num_particles", "num_particles"),
+        ("num_local_steps", "num_local_steps"),
+        ("step_size", "step_size"),
+        ("flow_learning_rate", "flow_learning_rate"),
+        ("fit_batch_size", "fit_batch_size"),
+    ),
+    "mala": (
+        ("num_rounds", "num_rounds"),
+        ("num_local_steps", "num_local_steps"),
+        ("step_size", "step_size"),
+    ),
+    "ula": (("num_steps", "num_local_steps"), ("step_size", "ula_step_size")),
+    "nt": (
+        ("num_steps", "num_local_steps"),
+        ("step_size", "step_size"),
+        ("flow_learning_rate", "flow_learning_rate"),
+        ("fit_batch_size", "fit_batch_size"),
+    ),
+}
+_ANY_SAMPLER_SETTINGS = {name for pairs in _SAMPLER_SETTINGS.values() for _, name in pairs}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,30 +115,18 @@ class PCD(ObjectiveSettings):
 
     def sampler_options(self) -> dict:
         """Keyword arguments of the chosen negative sampler's builder."""
-        if self.sampler == "flowmc":
-            return dict(
-                global_move=self.global_move,
-                num_rounds=self.num_rounds,
-                num_particles=self.num_particles,
-                num_local_steps=self.num_local_steps,
-                step_size=self.step_size,
-                flow_learning_rate=self.flow_learning_rate,
-                fit_batch_size=self.fit_batch_size,
-            )
-        if self.sampler == "mala":
-            return dict(
-                num_rounds=self.num_rounds,
-                num_local_steps=self.num_local_steps,
-                step_size=self.step_size,
-            )
-        if self.sampler == "ula":
-            return dict(num_steps=self.num_local_steps, step_size=self.ula_step_size)
-        return dict(
-            num_steps=self.num_local_steps,
-            step_size=self.step_size,
-            flow_learning_rate=self.flow_learning_rate,
-            fit_batch_size=self.fit_batch_size,
-        )
+        return {option: getattr(self, name) for option, name in _SAMPLER_SETTINGS[self.sampler]}
+
+    @override
+    def unused_settings(self, names: Any) -> list[str]:
+        """Those of ``names`` that only other samplers read (``num_particles`` for ``ula``).
+
+        Example:
+            >>> PCD(sampler="ula").unused_settings(["num_particles", "ula_step_size", "l2_penalty"])
+            ['num_particles']
+        """
+        used = {name for _, name in _SAMPLER_SETTINGS[self.sampler]}
+        return [name for name in names if name in _ANY_SAMPLER_SETTINGS and name not in used]
 
     def build(self, context: ObjectiveContext) -> Objective:
         """The ``pcd`` objective: the sampler's walkers are the negatives.
