@@ -28,7 +28,7 @@ from numpyro_ebm.training import (
     train,
     train_step,
 )
-from numpyro_ebm.training.checkpoint import checkpoint_paths
+from numpyro_ebm.training.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
 
 # A tiny 2-D run: small enough for seconds on 2 CPU cores, big enough for the flowMC EBM to
 # find the 1:2 weights of two-modes-2to1 (METHOD.md §4).
@@ -459,6 +459,16 @@ def test_a_float32_model_loads_under_x64(tmp_path):
     assert values.dtype == jnp.float64
     np.testing.assert_allclose(values, expected, rtol=1e-6)
     np.testing.assert_allclose(log_q, expected_log_q, rtol=1e-5)
+
+
+def test_a_training_checkpoint_resumes_only_in_its_own_precision(tmp_path):
+    # A resumed run must continue as it began: no silent cast, and the message names the cause.
+    path = save_checkpoint(tmp_path / "step.eqx", {"w": jnp.ones(3, jnp.float32)})
+    with jax.enable_x64(True):
+        like = {"w": jnp.zeros(3)}
+        with pytest.raises(ValueError, match="another precision than jax_enable_x64's now"):
+            load_checkpoint(path, like)
+        assert load_checkpoint(path, like, cast_floats=True)["w"].dtype == jnp.float64
 
 
 def test_save_and_load_model_with_flow(tmp_path, flowmc_run):

@@ -152,8 +152,9 @@ def load_checkpoint(path: str | os.PathLike, like: Any, *, cast_floats: bool = F
     except Exception as error:  # equinox raises a variety of errors on a mismatch
         raise ValueError(
             f"{path}: expected a checkpoint that fits the state built from the run's settings; "
-            "it does not (other settings, a damaged file, or one written by another release of "
-            f"numpyro_ebm, whose state had other fields): {error}"
+            "it does not (other settings, a damaged file, another precision than "
+            "jax_enable_x64's now, or one written by another release of numpyro_ebm, whose "
+            f"state had other fields): {error}"
         ) from error
     return _data_to_keys(data, like)
 
