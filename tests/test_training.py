@@ -1,6 +1,9 @@
 import json
 import math
+import os
 import pickle
+import subprocess
+import sys
 import warnings
 
 import equinox as eqx
@@ -28,7 +31,7 @@ from numpyro_ebm.training import (
     train,
     train_step,
 )
-from numpyro_ebm.training.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
+from numpyro_ebm.training.checkpoint import checkpoint_paths, save_checkpoint
 
 # A tiny 2-D run: small enough for seconds on 2 CPU cores, big enough for the flowMC EBM to
 # find the 1:2 weights of two-modes-2to1 (METHOD.md §4).
@@ -439,6 +442,20 @@ def test_load_energy_is_total_energy(tmp_path):
         load_energy(tmp_path / "nothing")
 
 
+def _run_under_x64(script: str) -> None:
+    """Run ``script`` in a fresh interpreter with x64 on, as after ``numpyro.enable_x64()``.
+
+    Not in this process: with these checks run in-process under ``jax.enable_x64(True)``, two
+    CI runs of the suite crashed inside XLA's compiler later on (a segfault in a doctest of a
+    pytest worker); a fresh interpreter leaves the workers' JAX state alone.
+    """
+    env = {**os.environ, "JAX_ENABLE_X64": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_a_float32_model_loads_under_x64(tmp_path):
     # NumPyro users often call numpyro.enable_x64(); the saved arrays are float32. Loading used
     # to fail: "changed dtype from float64 in `like` to float32 on disk", blamed on the file.
@@ -449,26 +466,34 @@ def test_a_float32_model_loads_under_x64(tmp_path):
     x = np.array([[0.3, -0.4], [1.0, 2.0]])
     expected = np.asarray(load_energy(tmp_path)(x))
     expected_log_q = np.asarray(flow.log_prob(jnp.asarray(x, jnp.float32)))
-    with jax.enable_x64(True):
-        model = load_model(tmp_path)
-        values = load_energy(tmp_path)(x)
-        log_q = model.flow.log_prob(jnp.asarray(x))
-        assert {leaf.dtype for leaf in jax.tree.leaves(eqx.filter(model, eqx.is_array))} == {
-            jnp.dtype("float64")
-        }
-    assert values.dtype == jnp.float64
-    np.testing.assert_allclose(values, expected, rtol=1e-6)
-    np.testing.assert_allclose(log_q, expected_log_q, rtol=1e-5)
+    np.savez(tmp_path / "expected.npz", x=x, energy=expected, log_q=expected_log_q)
+    _run_under_x64(f"""
+import equinox as eqx, jax, jax.numpy as jnp, numpy as np
+from numpyro_ebm.training import load_energy, load_model
+out = {str(tmp_path)!r}
+expected = np.load(out + "/expected.npz")
+model = load_model(out)
+dtypes = {{leaf.dtype for leaf in jax.tree.leaves(eqx.filter(model, eqx.is_array))}}
+assert dtypes == {{jnp.dtype("float64")}}, dtypes
+values = load_energy(out)(expected["x"])
+assert values.dtype == jnp.float64, values.dtype
+np.testing.assert_allclose(values, expected["energy"], rtol=1e-6)
+log_q = model.flow.log_prob(jnp.asarray(expected["x"]))
+np.testing.assert_allclose(log_q, expected["log_q"], rtol=1e-5)
+""")
 
 
 def test_a_training_checkpoint_resumes_only_in_its_own_precision(tmp_path):
     # A resumed run must continue as it began: no silent cast, and the message names the cause.
     path = save_checkpoint(tmp_path / "step.eqx", {"w": jnp.ones(3, jnp.float32)})
-    with jax.enable_x64(True):
-        like = {"w": jnp.zeros(3)}
-        with pytest.raises(ValueError, match="another precision than jax_enable_x64's now"):
-            load_checkpoint(path, like)
-        assert load_checkpoint(path, like, cast_floats=True)["w"].dtype == jnp.float64
+    _run_under_x64(f"""
+import jax.numpy as jnp, pytest
+from numpyro_ebm.training.checkpoint import load_checkpoint
+like = {{"w": jnp.zeros(3)}}
+with pytest.raises(ValueError, match="another precision than jax_enable_x64's now"):
+    load_checkpoint({str(path)!r}, like)
+assert load_checkpoint({str(path)!r}, like, cast_floats=True)["w"].dtype == jnp.float64
+""")
 
 
 def test_save_and_load_model_with_flow(tmp_path, flowmc_run):
