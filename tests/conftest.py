@@ -14,3 +14,17 @@ def progress_bar_allowed():
         patch.delenv("CI", raising=False)
         patch.delenv("PYTEST_XDIST_WORKER", raising=False)
         yield
+
+
+@pytest.fixture(autouse=True, scope="module")
+def release_compiled_programs():
+    """Drop JAX's compiled programs after each test module.
+
+    Each XLA CPU executable holds memory mappings, and JAX caches them for the life of the
+    process. A pytest worker that runs half the suite went past 35 000 mappings, near Linux's
+    default limit of 65 530 (``vm.max_map_count``); past it, XLA's compiler segfaults on the
+    next program (three CI runs crashed that way, in different tests). Programs a module needs
+    again are compiled again.
+    """
+    yield
+    jax.clear_caches()
