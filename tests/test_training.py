@@ -445,9 +445,8 @@ def test_load_energy_is_total_energy(tmp_path):
 def _run_under_x64(script: str) -> None:
     """Run ``script`` in a fresh interpreter with x64 on, as after ``numpyro.enable_x64()``.
 
-    Not in this process: with these checks run in-process under ``jax.enable_x64(True)``, two
-    CI runs of the suite crashed inside XLA's compiler later on (a segfault in a doctest of a
-    pytest worker); a fresh interpreter leaves the workers' JAX state alone.
+    A fresh interpreter, as a user's x64 is set for the whole process (``numpyro.enable_x64()``
+    or ``JAX_ENABLE_X64``); JAX documents its x64 context manager as unsafe with its caches.
     """
     env = {**os.environ, "JAX_ENABLE_X64": "1"}
     done = subprocess.run(
