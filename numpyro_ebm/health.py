@@ -331,12 +331,7 @@ def warn_after_warmup(
 
 
 def _latent_draws(samples: Any, latent: Any) -> np.ndarray:
-    """Draws ``(num_walkers, num_draws, dim)`` of the sampled sites only.
-
-    A model's deterministic sites are functions of its latent ones, so they add nothing to R̂
-    but cost: a deterministic mean over thousands of observations would be thousands of
-    coordinates.
-    """
+    """Draws ``(walkers, draws, dim)`` of the latent sites: deterministic ones add only cost."""
     if isinstance(samples, dict) and isinstance(latent, dict):
         samples = {name: value for name, value in samples.items() if name in latent}
     leaves = jax.tree.leaves(samples)
