@@ -68,9 +68,21 @@ def _check_mode_means(mode_means: np.ndarray | jax.Array, dim: int | None = None
     return means
 
 
-def _nearest_mode(points: jax.Array, means: jax.Array) -> jax.Array:
+#: Squared distances within this fraction of a point's largest one count as a tie.
+_TIE_RTOL = 1e-5
+
+
+def _zone_shares(points: jax.Array, means: jax.Array) -> jax.Array:
+    """Each point's share of each mode's zone, ``(n, k)``: 1 for its nearest mode centre.
+
+    A point as near to several centres (a grid line halfway between two modes) is split evenly
+    among them: given to the first, as ``argmin`` would, a whole line of cells biases the
+    weights toward mode 0 by about one cell row's mass.
+    """
     sq_dist = jnp.sum((points[:, None, :] - means[None]) ** 2, axis=-1)
-    return jnp.argmin(sq_dist, axis=-1)
+    tolerance = _TIE_RTOL * jnp.max(sq_dist, axis=-1, keepdims=True)
+    nearest = sq_dist <= jnp.min(sq_dist, axis=-1, keepdims=True) + tolerance
+    return nearest / jnp.sum(nearest, axis=-1, keepdims=True)
 
 
 def grid(bounds: Sequence[Sequence[float]], num_points: int) -> tuple[jax.Array, float]:
@@ -158,7 +170,8 @@ def grid_log_density(
 def zone_weights_from_samples(
     samples: np.ndarray | jax.Array, mode_means: np.ndarray | jax.Array
 ) -> jax.Array:
-    """Fraction of samples in each mode's zone (points whose nearest mode centre it is).
+    """Fraction of samples in each mode's zone (points whose nearest mode centre it is; one as
+    near to several is split evenly among them).
 
     Args:
         samples: Points of shape ``(n, d)``, e.g. long-run MCMC draws or negatives.
@@ -179,8 +192,7 @@ def zone_weights_from_samples(
     if samples.ndim != 2 or samples.shape[0] == 0:
         raise ValueError(f"expected samples of shape (n, d) with n >= 1, got {samples.shape}")
     means = _check_mode_means(mode_means, samples.shape[1])
-    zones = _nearest_mode(samples, means)
-    return jnp.bincount(zones, length=means.shape[0]) / samples.shape[0]
+    return jnp.mean(_zone_shares(samples, means), axis=0)
 
 
 def zone_weights_from_energy(
@@ -215,8 +227,7 @@ def zone_weights_from_energy(
     means = _check_mode_means(mode_means, 2)
     points, cell_area = grid(bounds, num_points)
     mass = jnp.exp(grid_log_density(energy_fn, bounds, num_points)) * cell_area
-    zones = _nearest_mode(points, means)
-    weights = jax.ops.segment_sum(mass, zones, num_segments=means.shape[0])
+    weights = mass @ _zone_shares(points, means)
     # Renormalise away the float rounding of Σ mass (exactly 1 in exact arithmetic).
     return weights / jnp.sum(weights)
 

@@ -165,6 +165,24 @@ def test_zone_weights_from_energy_negative_control():
     assert zone_weight_mse(weights, ds.mode_weights) == pytest.approx(0.0125, rel=1e-2)
 
 
+@pytest.mark.parametrize("num_points", [40, 100])
+def test_zone_weights_split_cells_halfway_between_modes(num_points):
+    # An equal-weight mixture symmetric about the anti-diagonal, where a whole line of grid cells
+    # lies as near to one centre as to the other: the weights are 1/2 each by symmetry. Giving
+    # that line to the first mode (argmin's tie rule) made them 0.507 / 0.493 at 40 points.
+    ds = get_dataset("two-modes-2to1")
+    means = jnp.asarray(ds.mode_means)
+
+    def symmetric_energy(x):
+        sq_dist = jnp.sum((x[:, None] - means[None]) ** 2, axis=-1)
+        return -jax.scipy.special.logsumexp(-0.5 * sq_dist / 1.5**2, axis=-1)
+
+    weights = zone_weights_from_energy(symmetric_energy, means, ds.bounds, num_points)
+    np.testing.assert_allclose(weights, 0.5, atol=1e-5)
+    on_the_line = zone_weights_from_samples(jnp.array([[0.0, 0.0], [3.0, 3.0]]), means)
+    np.testing.assert_allclose(on_the_line, [0.25, 0.75])
+
+
 def test_zone_weights_from_energy_rejects_high_dim_means():
     with pytest.raises(ValueError, match=r"\(k, 2\)"):
         zone_weights_from_energy(lambda x: x[:, 0], np.zeros((4, 16)), ((-1, 1), (-1, 1)), 10)
