@@ -284,8 +284,10 @@ def epoch_extra(trainer: Any, state: Any, step: int, paths: list[np.ndarray]) ->
         trainer.validation_data is not None
         and (step // config.steps_per_epoch) % (config.validate_every) == 0
     ):
+        # One key for every epoch: the epochs' estimates share their base draws (common random
+        # numbers), so the best epoch is picked by the model, not by its log Z's noise.
         extra |= validate(
-            jax.random.fold_in(trainer.validation_key, step),
+            trainer.validation_key,
             trainer.tilted_energy(state),
             importance_proposal(
                 trainer.energy(state), trainer.flow(state), trainer.base_scale, trainer.dim
