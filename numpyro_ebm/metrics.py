@@ -170,8 +170,9 @@ def grid_log_density(
 def zone_weights_from_samples(
     samples: np.ndarray | jax.Array, mode_means: np.ndarray | jax.Array
 ) -> jax.Array:
-    """Fraction of samples in each mode's zone (points whose nearest mode centre it is; one as
-    near to several is split evenly among them).
+    """Fraction of samples in each mode's zone (points whose nearest mode centre it is).
+
+    A sample as near to several centres is split evenly among them.
 
     Args:
         samples: Points of shape ``(n, d)``, e.g. long-run MCMC draws or negatives.

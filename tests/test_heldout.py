@@ -298,8 +298,34 @@ def test_evaluate_scores_exact_draws_of_a_known_density(file_run, tmp_path):
     assert result["exact_log_likelihood"] == pytest.approx(exact, rel=1e-6)
     kl = result["exact_log_likelihood"] - result["heldout_log_likelihood"]
     assert result["kl_divergence"] == pytest.approx(kl)
+    assert 0 < result["kl_divergence_stderr"] < math.inf
     # The model was trained on other data (means 500 and 5): it is far from this density.
     assert result["kl_divergence"] > 10
+
+
+def test_kl_divergence_from_exact_draws_and_its_standard_error():
+    # p = N(0, I₂), model = ρ = N(0, s² I₂) (zero energy, σ = s: log Z is exact, stderr 0).
+    # KL = d (log s + 1/(2s²) − 1/2); the gap log p − log q = −|x|²(1 − 1/s²)/2 + d log s has
+    # variance (1 − 1/s²)² d / 2. Checked at 4.5 standard errors (false alarm 6.8e-6); a
+    # standard error of log Z's alone, as before, was 0 here and the check failed.
+    dim, scale, num_points = 2, 1.5, 2000
+    points = np.asarray(jax.random.normal(jax.random.key(7), (num_points, dim)))
+    log_p = norm.logpdf(points).sum(axis=1)
+    metrics = heldout_metrics(
+        jax.random.key(0),
+        _zero_energy,
+        scale,
+        None,
+        Preprocessing.identity(dim),
+        points,
+        num_samples=256,
+        exact_log_density=log_p,
+    )
+    kl = dim * (math.log(scale) + 0.5 / scale**2 - 0.5)
+    stderr = (1 - scale**-2) * math.sqrt(dim / 2 / num_points)
+    assert metrics["kl_divergence_stderr"] == pytest.approx(stderr, rel=0.1)
+    assert abs(metrics["kl_divergence"] - kl) < 4.5 * metrics["kl_divergence_stderr"]
+    assert metrics["exact_log_likelihood"] == pytest.approx(np.mean(log_p))
 
 
 def test_load_energy_and_sample_are_in_raw_units(file_run, tmp_path):
