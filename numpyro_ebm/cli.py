@@ -69,8 +69,6 @@ SUMMARY_METRICS = (
     "negatives_max_rhat",
     "final_loss",
 )
-#: Exact draws that ``evaluate`` scores for a built-in with a known density.
-EXACT_TEST_POINTS = 2000
 #: Evaluation settings (see :func:`numpyro_ebm.training.evaluate`), normal and ``--fast``.
 _EVALUATION = dict(num_chain_steps=200, num_flowmc_samples=200)
 _FAST_EVALUATION = dict(num_chain_steps=20, num_flowmc_samples=20)
@@ -190,9 +188,31 @@ def _method_name(objective) -> str:
     return objective.name if sampler is None else f"{objective.name}-{sampler}"
 
 
+def _check_rebuildable(run_dir: str, python_call: str) -> None:
+    """Refuse a run whose energy is a network of the user's: only Python can rebuild it.
+
+    Raises:
+        ValueError: Naming the class and the Python call that takes its template.
+    """
+    from numpyro_ebm.training.model_io import MODEL_SETTINGS_FILE
+    from numpyro_ebm.training.run_files import read_model_settings
+
+    path = Path(run_dir) / MODEL_SETTINGS_FILE
+    if not path.is_file():  # loading says what is missing
+        return
+    spec = read_model_settings(path)["energy"]
+    if spec["type"] == "custom":
+        raise ValueError(
+            f"{path}: expected an energy network the command line can rebuild (mlp, conv), got "
+            f"one of your own ({spec['class']}); in Python: numpyro_ebm.training.{python_call}"
+            f"({str(run_dir)!r}, ..., energy=<a fresh instance of it>)"
+        )
+
+
 def _run_sample(args: argparse.Namespace) -> int:
     from numpyro_ebm.training import sample_run
 
+    _check_rebuildable(args.run_dir, "sample_run")
     if args.out is not None:  # checked before the run, not after it
         _check_writable(args.out, "--out", directory=True)
     samples_path, summary_path = sample_run(
@@ -209,36 +229,13 @@ def _run_sample(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    import jax
-    import numpy as np
-
-    from numpyro_ebm.datasets import get_dataset
-    from numpyro_ebm.training import load_model
+    from numpyro_ebm.training import evaluate_run
     from numpyro_ebm.training.checkpoint import json_text, write_json
-    from numpyro_ebm.training.heldout import heldout_metrics
-    from numpyro_ebm.training.model_io import saved_preprocessing
 
+    _check_rebuildable(args.run_dir, "evaluate_run")
     if args.out:
         _check_writable(args.out, "--out", directory=False)
-    model = load_model(args.run_dir)
-    dataset = get_dataset(args.data)
-    exact_log_density = None
-    if dataset.is_builtin:  # a known density: fresh exact draws, scored against it too
-        points = np.asarray(dataset.sample(jax.random.key(args.seed + 1), EXACT_TEST_POINTS))
-        exact_log_density = np.asarray(dataset.log_prob(points))
-    else:
-        points = dataset.data if dataset.test_data is None else dataset.test_data
-    preprocessing = saved_preprocessing(model.settings)
-    metrics = heldout_metrics(
-        jax.random.key(args.seed),
-        model.energy,
-        model.base_scale,
-        model.flow,
-        preprocessing,
-        points,
-        num_samples=args.num_samples,
-        exact_log_density=exact_log_density,
-    )
+    metrics = evaluate_run(args.run_dir, args.data, num_samples=args.num_samples, seed=args.seed)
     result = {"command": "evaluate", "run_dir": str(args.run_dir), "data": args.data, **metrics}
     if args.out:
         write_json(Path(args.out), result)

@@ -1,6 +1,7 @@
 """Energy networks: check_energy, ConvEnergy, a user's own module in training, saving and CLI."""
 
 import json
+import math
 
 import equinox as eqx
 import jax
@@ -13,7 +14,14 @@ from _trees import leaves_equal
 from numpyro_ebm.cli import main
 from numpyro_ebm.energies import MLPEnergy
 from numpyro_ebm.networks import ConvEnergy, check_energy
-from numpyro_ebm.training import TrainConfig, Trainer, load_energy, load_model, save_model
+from numpyro_ebm.training import (
+    TrainConfig,
+    Trainer,
+    evaluate_run,
+    load_energy,
+    load_model,
+    save_model,
+)
 from numpyro_ebm.training.energy_specs import energy_from_spec, energy_spec
 from numpyro_ebm.training.run_files import read_model_settings
 
@@ -265,6 +273,40 @@ def test_custom_energy_round_trips_with_a_template_and_is_a_clear_error_without(
         save_model(tmp_path / "other", energy, 2.0)
     with pytest.raises(TypeError, match="equinox Module"):
         save_model(tmp_path / "other", jnp.sum, 2.0, dim=3)
+
+
+def test_a_custom_energy_saved_by_a_script_loads_where_its_class_is_imported(tmp_path):
+    # A class defined in a script run directly is saved as `__main__.Name`; another script that
+    # imports it sees `module.Name`. It was refused as "not the saved structure".
+    energy = _perturbed(GaussianEnergy(3, key=jax.random.key(0)))
+    save_model(tmp_path, energy, 2.0, dim=3)
+    path = tmp_path / "model.json"
+    settings = json.loads(path.read_text())
+    settings["energy"]["class"] = "__main__.GaussianEnergy"
+    path.write_text(json.dumps(settings))
+    x = jax.random.normal(jax.random.key(4), (6, 3))
+    loaded = load_model(tmp_path, energy=GaussianEnergy(3, key=jax.random.key(5))).energy
+    np.testing.assert_array_equal(jax.vmap(loaded)(x), jax.vmap(energy)(x))
+    settings["energy"]["class"] = "__main__.OtherEnergy"  # the control: another class
+    path.write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match="template of the saved structure"):
+        load_model(tmp_path, energy=GaussianEnergy(3, key=jax.random.key(5)))
+
+
+def test_a_custom_energy_is_evaluated_from_python_and_the_cli_says_how(tmp_path, capsys):
+    # The command line cannot rebuild a network of the user's: it named `energy=`, a Python
+    # argument no command takes. Python's evaluate_run takes the template.
+    energy = _perturbed(GaussianEnergy(2, key=jax.random.key(0)))
+    save_model(tmp_path, energy, 2.0, dim=2)
+    for command in ("evaluate", "sample"):
+        extra = ["--data", "two-modes-2to1"] if command == "evaluate" else ["--num-samples", "5"]
+        assert main([command, str(tmp_path), *extra]) == 2
+        error = capsys.readouterr().err
+        assert "GaussianEnergy" in error and f"{command}_run(" in error, error
+    metrics = evaluate_run(
+        tmp_path, "two-modes-2to1", num_samples=256, energy=GaussianEnergy(2, key=jax.random.key(1))
+    )
+    assert math.isfinite(metrics["heldout_log_likelihood"]) and metrics["kl_divergence"] > 0
 
 
 def test_model_json_of_an_earlier_release_still_loads(tmp_path):

@@ -45,7 +45,7 @@ def test_mode_weights_need_weights(tmp_path):
     with pytest.raises(ValueError, match="mode_weights"):
         plotting.plot_mode_weights([{"epoch": 1, "loss": 0.0}], tmp_path / "w.png")
     history = [{"epoch": 1, "mode_weights": [0.5, 0.5]}, {"epoch": 2, "mode_weights": [1.0]}]
-    with pytest.raises(ValueError, match="expected 2 mode weights .* got 1 at epoch 2"):
+    with pytest.raises(ValueError, match=r"expected 2 mode weights .* got 1 at epoch 2"):
         plotting.plot_mode_weights(history, tmp_path / "w.png")
     with pytest.raises(ValueError, match=r"true_weights of shape \(2,\).* got \(3,\)"):
         plotting.plot_mode_weights(history[:1], tmp_path / "w.png", true_weights=[0.2] * 3)

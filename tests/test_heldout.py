@@ -11,7 +11,7 @@ import pytest
 from _objectives import TRAINER_SETTINGS
 from scipy.stats import norm
 
-from numpyro_ebm.cli import EXACT_TEST_POINTS, main, summary_line
+from numpyro_ebm.cli import main, summary_line
 from numpyro_ebm.datasets import get_dataset
 from numpyro_ebm.energies import TiltedEnergy
 from numpyro_ebm.preprocessing import Preprocessing
@@ -25,7 +25,7 @@ from numpyro_ebm.training import (
 )
 from numpyro_ebm.training import validation as validation_module
 from numpyro_ebm.training.data import training_data
-from numpyro_ebm.training.heldout import heldout_metrics
+from numpyro_ebm.training.heldout import EXACT_TEST_POINTS, heldout_metrics
 from numpyro_ebm.training.model_io import saved_preprocessing
 from numpyro_ebm.training.validation import mixing_message
 

@@ -9,7 +9,9 @@
 - :mod:`~numpyro_ebm.training.step`: :class:`TrainState` and the pure :func:`train_step`.
 - :mod:`~numpyro_ebm.training.trainer`: :class:`Trainer` and :func:`train` (progress bar,
   history, checkpoints, exact resume).
-- :mod:`~numpyro_ebm.training.evaluation`: the report's metrics.
+- :mod:`~numpyro_ebm.training.evaluation`: the report's metrics;
+  :mod:`~numpyro_ebm.training.heldout`: held-out log-likelihood, and :func:`evaluate_run` of a
+  saved run.
 - :mod:`~numpyro_ebm.training.model_io` and :mod:`~numpyro_ebm.training.sampling`: saving a
   trained model (:func:`save_result`), :func:`load_energy`, and sampling it with ``FlowMCKernel``.
 - :mod:`~numpyro_ebm.training.energy_specs`: which energy network a run trains (``mlp``,
@@ -26,6 +28,7 @@ from numpyro_ebm.training.checkpoint import load_checkpoint, save_checkpoint
 from numpyro_ebm.training.config import TrainConfig
 from numpyro_ebm.training.entry import train
 from numpyro_ebm.training.evaluation import evaluate
+from numpyro_ebm.training.heldout import evaluate_run
 from numpyro_ebm.training.model_io import (
     TrainedModel,
     load_energy,
@@ -83,6 +86,7 @@ __all__ = [
     "Trainer",
     "ebm_loss",
     "evaluate",
+    "evaluate_run",
     "flowmc_sampler",
     "load_checkpoint",
     "load_energy",

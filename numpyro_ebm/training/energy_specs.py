@@ -199,6 +199,29 @@ def check_energy_spec(spec: Any) -> dict[str, Any]:
     return spec
 
 
+def _same_structure(saved: dict[str, Any], given: dict[str, Any]) -> bool:
+    """Whether two specs record the same structure.
+
+    A class defined in a script run directly is saved as ``__main__.Name``; imported by
+    another script it is ``script.Name``: the same class, matched by its qualified name.
+
+    Example:
+        >>> spec = {"type": "custom", "class": "__main__.RBF", "num_parameters": 9}
+        >>> _same_structure(spec, spec | {"class": "rbf.RBF"})
+        True
+        >>> _same_structure(spec, spec | {"class": "rbf.Other"})
+        False
+    """
+    if saved.get("type") != "custom" or given.get("type") != "custom":
+        return saved == given
+    names = sorted((saved["class"], given["class"]), key=lambda name: name.startswith("__main__."))
+    other, main = names  # `main` is the one of a script, if either is
+    same_class = other == main or (
+        main.startswith("__main__.") and other.endswith(main.removeprefix("__main__"))
+    )
+    return same_class and saved["num_parameters"] == given["num_parameters"]
+
+
 def energy_from_spec(
     spec: dict[str, Any], dim: int, *, template: eqx.Module | None = None
 ) -> eqx.Module:
@@ -224,7 +247,7 @@ def energy_from_spec(
     spec = check_energy_spec(spec)
     if template is not None:
         given = energy_spec(check_energy(template, dim))
-        if given != spec:
+        if not _same_structure(spec, given):
             raise ValueError(
                 f"expected an energy template of the saved structure {spec}, got {given}"
             )

@@ -7,14 +7,17 @@ importance sampling, annealed importance sampling when its ESS is low), maps raw
 points to ``z`` (dequantising integer data with fresh noise) and reports the mean
 log-likelihood per point in raw units (the Jacobian of the preprocessing added) and in the
 model's coordinates, with standard errors and bits per dimension. ``numpyro-ebm evaluate`` and
-the training report use it.
+the training report use it; :func:`evaluate_run` scores a saved run's model, as
+``numpyro-ebm evaluate`` does.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
+import equinox as eqx
 import jax
 import numpy as np
 from flowjax.distributions import AbstractDistribution
@@ -25,7 +28,10 @@ from numpyro_ebm.flow_base import importance_proposal
 from numpyro_ebm.likelihood import LogNormalizerEstimate, heldout_log_likelihood, log_normalizer
 from numpyro_ebm.preprocessing import Preprocessing
 
-__all__ = ["heldout_metrics"]
+__all__ = ["EXACT_TEST_POINTS", "evaluate_run", "heldout_metrics"]
+
+#: Exact draws that :func:`evaluate_run` scores for a built-in with a known density.
+EXACT_TEST_POINTS = 2000
 
 
 def _kl_divergence(
@@ -133,3 +139,50 @@ def heldout_metrics(
         "dequantized": preprocessing.dequantize,
         **exact,
     }
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    data: str,
+    *,
+    num_samples: int = 16_384,
+    seed: int = 0,
+    energy: eqx.Module | None = None,
+) -> dict[str, Any]:
+    """Held-out log-likelihood of a saved run's model on data, as ``numpyro-ebm evaluate``.
+
+    Args:
+        run_dir: Directory of a trained run (its ``model.json`` and ``model.eqx``).
+        data: What to score: a dataset name or a ``.npy``/``.csv`` file. A real dataset's
+            test split (its points if it has none); for a built-in with a known density,
+            :data:`EXACT_TEST_POINTS` fresh exact draws, which adds their exact
+            log-likelihood and KL(p ‖ model) with its standard error.
+        num_samples: Importance draws of log Z (and AIS walkers when it falls back).
+        seed: Seed of the importance draws (and ``seed + 1`` of the exact draws).
+        energy: A template of the run's energy network if it is one of your own (see
+            :func:`~numpyro_ebm.training.load_model`).
+
+    Returns:
+        The metrics of :func:`heldout_metrics`, in the raw data's units.
+    """
+    from numpyro_ebm.datasets import get_dataset
+    from numpyro_ebm.training.model_io import load_model, saved_preprocessing
+
+    model = load_model(run_dir, energy)
+    dataset = get_dataset(data)
+    exact_log_density = None
+    if dataset.is_builtin:  # a known density: fresh exact draws, scored against it too
+        points = np.asarray(dataset.sample(jax.random.key(seed + 1), EXACT_TEST_POINTS))
+        exact_log_density = np.asarray(dataset.log_prob(points))
+    else:
+        points = dataset.data if dataset.test_data is None else dataset.test_data
+    return heldout_metrics(
+        jax.random.key(seed),
+        model.energy,
+        model.base_scale,
+        model.flow,
+        saved_preprocessing(model.settings),
+        points,
+        num_samples=num_samples,
+        exact_log_density=exact_log_density,
+    )
