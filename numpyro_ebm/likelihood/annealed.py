@@ -1,150 +1,30 @@
-"""Normalising constants of an energy, estimated with a flow proposal, and held-out likelihoods.
-
-An energy ``U`` (a callable from one point ``(d,)`` to a scalar, e.g. a ``TiltedEnergy``) has
-normalising constant Z = ∫ exp(−U(x)) dx. Both estimators of log Z start from a proposal q, a
-flowjax distribution (e.g. a fitted flow): :func:`importance_log_normalizer` (IS) and
-:func:`annealed_log_normalizer` (annealed IS, AIS [N]). :func:`log_normalizer` runs IS, falls
-back to AIS when the effective sample size (ESS) [K, O] is too small, and warns when even AIS
-leaves it small. Every estimate has a delta-method stderr of log Ẑ and its weights' ESS.
-
-The ESS flags weights dominated by a few draws, not a region of exp(−U) that q (and AIS's MALA
-moves) never visit: a proposal missing a mode gives even weights and log Ẑ low by
-−log(1 − missing mass), with a small stderr. A proposal far narrower than exp(−U) gives weights
-of infinite variance, whose ESS can look healthy in low dimension while log Ẑ is too low.
-
-References:
-    [N] R. M. Neal, *Annealed importance sampling*, Statistics and Computing 11:125–139 (2001).
-    [K] A. Kong, *A note on importance sampling using standardized weights*, TR 348 (1992).
-    [O] A. B. Owen, *Monte Carlo theory, methods and examples* (2013), §9.2–9.3.
-"""
+"""Annealed importance sampling of log Z, and the estimator that falls back to it."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax.scipy.special import logsumexp
-from jax.typing import ArrayLike
 
 from numpyro_ebm._checks import positive_float, positive_int, typed_key
 from numpyro_ebm._warnings import warn_user
-from numpyro_ebm.samplers.global_moves import importance_log_weight
+from numpyro_ebm.likelihood.estimate import (
+    LogNormalizerEstimate,
+    PotentialFn,
+    check_inputs,
+    summarise_log_weights,
+)
+from numpyro_ebm.likelihood.importance import importance_log_normalizer
 from numpyro_ebm.samplers.langevin import init_walkers, mala_step
 
-__all__ = ["LogNormalizerEstimate", "annealed_log_normalizer", "heldout_log_likelihood"]
-__all__ += ["importance_log_normalizer", "log_normalizer"]
-
-PotentialFn = Callable[[jax.Array], jax.Array]
+__all__ = ["annealed_log_normalizer", "log_normalizer"]
 
 #: Acceptance aimed at by AIS's step-size adaptation: MALA's optimum (Roberts & Rosenthal 1998).
 _TARGET_ACCEPT = 0.574
 #: Robbins–Monro gain on log ε per MALA step: ε moves ≤ e^0.57× a step, fixing 10× in a few.
 _ADAPTATION_GAIN = 1.0
-
-
-class LogNormalizerEstimate(NamedTuple):
-    """An estimate of log Z with its uncertainty; every field is a plain Python value (JSON).
-
-    Attributes:
-        log_normalizer: The estimate log Ẑ (−inf if every weight is zero).
-        stderr: Delta-method standard error of log Ẑ (inf if every weight is zero).
-        ess: Effective sample size (Σw)²/Σw² of the final weights [K]; 0 if all are zero.
-        num_samples: Number of weighted draws.
-        method: ``"importance"`` or ``"annealed"``.
-        reason: Why this method was used, with its diagnostics, in words.
-
-    Example:
-        >>> LogNormalizerEstimate(1.84, 0.01, 950.0, 1000, "importance", "ESS 950")._asdict()["ess"]
-        950.0
-    """
-
-    log_normalizer: float
-    stderr: float
-    ess: float
-    num_samples: int
-    method: str
-    reason: str
-
-
-def _summarise_log_weights(log_weights: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Log Ẑ = log mean(w), its delta-method stderr and the ESS, all in log space.
-
-    With w̄ = w/Σw: ESS = 1/Σw̄², var(w)/mean(w)² = n(nΣw̄² − 1)/(n − 1), so [O, §9.2]
-    se(log Ẑ) = sd(w)/(√n mean(w)) = √((nΣw̄² − 1)/(n − 1)).
-    """
-    num_samples = log_weights.shape[0]
-    log_weights = jnp.where(jnp.isfinite(log_weights), log_weights, -jnp.inf)
-    log_sum = logsumexp(log_weights)
-    any_positive = jnp.isfinite(log_sum)
-    normalised = jnp.where(any_positive, jnp.exp(log_weights - log_sum), 0.0)
-    sum_squares = jnp.sum(normalised**2)
-    log_z = jnp.where(any_positive, log_sum - math.log(num_samples), -jnp.inf)
-    relative_variance = jnp.maximum(num_samples * sum_squares - 1.0, 0.0) / (num_samples - 1)
-    stderr = jnp.where(any_positive, jnp.sqrt(relative_variance), jnp.inf)
-    ess = jnp.where(any_positive, 1.0 / sum_squares, 0.0)
-    return log_z, stderr, ess
-
-
-@eqx.filter_jit
-def _potential_energies(potential_fn: PotentialFn, position: jax.Array) -> jax.Array:
-    return jax.vmap(potential_fn)(position)
-
-
-@eqx.filter_jit
-def _importance_log_weights(rng_key, potential_fn, proposal, num_samples: int) -> jax.Array:
-    position, proposal_log_prob = proposal.sample_and_log_prob(rng_key, (num_samples,))
-    return importance_log_weight(_potential_energies(potential_fn, position), proposal_log_prob)
-
-
-def _check_inputs(potential_fn: Any, proposal: Any, num_samples: Any) -> int:
-    if not callable(potential_fn):
-        raise TypeError(f"`potential_fn` must be callable, got {type(potential_fn).__name__}.")
-    if not all(callable(getattr(proposal, m, None)) for m in ("sample_and_log_prob", "log_prob")):
-        raise TypeError(
-            f"`proposal` must be a flowjax distribution, got {type(proposal).__name__}."
-        )
-    return positive_int("num_samples", num_samples, minimum=2)  # 2 for a sample variance
-
-
-def importance_log_normalizer(
-    rng_key: jax.Array, potential_fn: PotentialFn, proposal: Any, num_samples: int
-) -> LogNormalizerEstimate:
-    """Importance-sampling estimate of log Z = log ∫ exp(−U(x)) dx with draws from ``proposal``.
-
-    log Ẑ = log mean wᵢ with wᵢ = exp(−U(xᵢ) − log q(xᵢ)), xᵢ ~ q, computed with logsumexp. A
-    non-finite U or log q gives a zero weight. The standard error is the delta method's
-    sd(w)/(√n mean(w)); the ESS is (Σw)²/Σw² [K, O].
-
-    Args:
-        rng_key: PRNG key, typed or raw.
-        potential_fn: U of one point of shape ``(d,)``.
-        proposal: A flowjax distribution q over ``(d,)``.
-        num_samples: Number of draws n (at least 2).
-
-    Returns:
-        The estimate, with ``method="importance"``.
-
-    References:
-        [K] Kong (1992); [O] Owen (2013), §9.2–9.3.
-
-    Example:
-        >>> import jax, jax.numpy as jnp
-        >>> from flowjax.distributions import Normal
-        >>> estimate = importance_log_normalizer(
-        ...     jax.random.key(0), lambda x: 0.5 * x @ x, Normal(jnp.zeros(2)), 1000)
-        >>> round(estimate.log_normalizer, 4), estimate.method  # log 2π exactly: q ∝ exp(−U)
-        (1.8379, 'importance')
-    """
-    num_samples = _check_inputs(potential_fn, proposal, num_samples)
-    log_weights = _importance_log_weights(typed_key(rng_key), potential_fn, proposal, num_samples)
-    log_z, stderr, ess = (float(v) for v in _summarise_log_weights(log_weights))
-    reason = f"importance sampling: ESS {ess:.1f} of {num_samples} draws"
-    return LogNormalizerEstimate(log_z, stderr, ess, num_samples, "importance", reason)
 
 
 def _default_betas(num_temperatures: int) -> jax.Array:
@@ -272,7 +152,7 @@ def annealed_log_normalizer(
         >>> abs(estimate.log_normalizer - 1.8379) < 3 * estimate.stderr  # log 2π
         True
     """
-    num_samples = _check_inputs(potential_fn, proposal, num_samples)
+    num_samples = check_inputs(potential_fn, proposal, num_samples)
     _check_annealing(num_temperatures, num_mala_steps, step_size)
     key, betas = typed_key(rng_key), _default_betas(num_temperatures)
     gain = _ADAPTATION_GAIN if adapt_step_size else 0.0
@@ -280,7 +160,7 @@ def annealed_log_normalizer(
     log_weights, accept, last_step_size = _annealed_log_weights(
         key, potential_fn, proposal, num_samples, betas, num_mala_steps, initial, gain
     )
-    log_z, stderr, ess = (float(v) for v in _summarise_log_weights(log_weights))
+    log_z, stderr, ess = (float(v) for v in summarise_log_weights(log_weights))
     reason = (
         f"annealed importance sampling: ESS {ess:.1f} of {num_samples} walkers, "
         f"{num_temperatures} temperatures x {num_mala_steps} MALA steps, mean acceptance "
@@ -362,39 +242,3 @@ def log_normalizer(
         )
         warn_user(message)
     return estimate
-
-
-def heldout_log_likelihood(
-    potential_fn: PotentialFn, data: ArrayLike, estimate: LogNormalizerEstimate
-) -> tuple[float, float]:
-    """Mean log-likelihood of held-out data, −U(x) − log Ẑ, in nats per example.
-
-    The standard error adds in quadrature the data's sampling error, sd/√n, and log Ẑ's
-    standard error (the two are independent: Ẑ does not use the data).
-
-    Args:
-        potential_fn: U of one point of shape ``(d,)``.
-        data: Held-out points, shape ``(n, d)``.
-        estimate: The estimate of log Z for the same ``potential_fn``.
-
-    Returns:
-        ``(mean, stderr)`` as floats. A non-finite U counts as zero density (mean −inf).
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> exact = LogNormalizerEstimate(1.8379, 0.0, 100.0, 100, "importance", "log 2π")
-        >>> heldout_log_likelihood(lambda x: 0.5 * x @ x, jnp.zeros((4, 2)), exact)
-        (-1.8379, 0.0)
-    """
-    if not callable(potential_fn):
-        raise TypeError(f"`potential_fn` must be callable, got {type(potential_fn).__name__}.")
-    data = jnp.asarray(data)
-    if data.ndim != 2 or data.shape[0] < 1:
-        raise ValueError(f"`data` must have shape (n, d) with n >= 1, got shape {data.shape}.")
-    potential_energy = _potential_energies(potential_fn, data)
-    log_density = np.where(np.isfinite(potential_energy), -np.asarray(potential_energy), -np.inf)
-    mean = float(np.mean(log_density)) - estimate.log_normalizer
-    if not math.isfinite(mean):  # zero density somewhere, or log Ẑ infinite: nothing to add
-        return mean, math.inf
-    data_variance = float(np.var(log_density, ddof=1)) / len(data) if len(data) > 1 else 0.0
-    return mean, math.sqrt(data_variance + estimate.stderr**2)
