@@ -130,9 +130,24 @@ class FlowMCState(_FlowMCFields):
         # `MCMC` continues a run with `state._replace(rng_key=key)` and one key; keep one key
         # per walker so the field stays collectable and the loop's carry keeps its shape.
         if "rng_key" in changes:
-            num_walkers = self.potential_energy.shape[0]
-            changes["rng_key"] = per_walker_keys(changes["rng_key"], num_walkers)
+            changes["rng_key"] = self._continued_keys(changes["rng_key"])
         return super()._replace(**changes)
+
+    def _continued_keys(self, rng_key: Any) -> jax.Array:
+        """The walkers' keys of a run continued with ``rng_key``.
+
+        NumPyro's idiom ``mcmc.run(mcmc.last_state.rng_key)`` hands an ensemble kernel the
+        first walker's key: the walkers then keep their own keys, so the continuation draws
+        what one longer run would, as NUTS's does. Any other key starts a new stream.
+        """
+        own = self.rng_key
+        given = jnp.asarray(rng_key)
+        if jax.dtypes.issubdtype(given.dtype, jax.dtypes.prng_key):
+            given = jax.random.key_data(given)
+        concrete = not any(isinstance(key, jax.core.Tracer) for key in (given, own))
+        if concrete and given.shape == own.shape[1:] and bool(jnp.all(given == own[0])):
+            return own
+        return per_walker_keys(rng_key, self.potential_energy.shape[0])
 
 
 def initial_state(

@@ -480,6 +480,27 @@ def test_continuation_from_last_state_is_reproducible_and_not_retraced(warm):
     assert warm.calls[0] == calls_before
 
 
+def test_continuing_with_the_last_key_draws_what_one_longer_run_draws(warm):
+    # NumPyro's idiom, `mcmc.run(mcmc.last_state.rng_key)`, hands an ensemble kernel the first
+    # walker's key. It was split into new walker keys, so the continuation left the stream of
+    # one longer run; NUTS's continuation draws exactly what the longer run does.
+    mcmc = warm.mcmc
+    mcmc.post_warmup_state = warm.last_state
+    mcmc.run(warm.last_state.rng_key)
+    continued = mcmc.get_samples(group_by_chain=True)["x"]
+    longer = _mcmc(
+        FlowMCKernel(gauss_model, flow=_wide_flow(3), **FAST), num_samples=2 * NUM_SAMPLES
+    )
+    longer.warmup(jax.random.key(0))
+    longer.run(jax.random.key(1))
+    np.testing.assert_array_equal(
+        longer.get_samples(group_by_chain=True)["x"][:, NUM_SAMPLES:], continued
+    )
+    mcmc.post_warmup_state = warm.last_state  # the control: another key, another stream
+    mcmc.run(jax.random.key(2))
+    assert not np.array_equal(mcmc.get_samples(group_by_chain=True)["x"], continued)
+
+
 def test_mcmc_objects_sharing_a_kernel_each_keep_their_own_warm_up():
     # The warm-up length lived on the kernel: a second MCMC initialising the same kernel with
     # a longer warm-up made the first one adapt (step size, preconditioner, flow) through all
