@@ -128,6 +128,30 @@ def auto_axes(mesh: Mesh) -> Mesh:
     return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
 
 
+def check_no_explicit_mesh_context(who: str) -> None:
+    """Refuse to run under ``with jax.set_mesh(mesh)`` of a mesh with explicit axes.
+
+    The walkers run on the mesh with automatic axes (:func:`auto_axes`); inside an explicit
+    context every operation on them fails deep in JAX ("context mesh ... should match").
+
+    Args:
+        who: What is about to run, for the message.
+
+    Raises:
+        ValueError: Naming the context's mesh and the two ways that work.
+    """
+    context = jax.sharding.get_abstract_mesh()
+    if context.empty or all(kind != AxisType.Explicit for kind in context.axis_types):
+        return
+    raise ValueError(
+        f"expected {who} to run outside a `with jax.set_mesh(...)` block of a mesh with "
+        f"explicit axes, got one ({dict(context.shape)}, "
+        f"{context.axis_types}): leave the block and give the mesh itself (walkers or "
+        "init_params sharded over it, or mesh=; explicit axes are accepted there), or make "
+        "the context's mesh with axis_types=(AxisType.Auto, ...)"
+    )
+
+
 def with_auto_axes(init_params: Any) -> Any:
     """Move leaves sharded over a mesh with explicit axes to the same mesh with automatic axes.
 
@@ -189,8 +213,10 @@ def initialize_walkers(rng_key, model, init_strategy, init_params, model_args, m
 
     Raises:
         ValueError: If values are missing, do not fit the model's latent sites, have no latent
-            coordinate, or lack the walker axis.
+            coordinate, or lack the walker axis, or if it runs under ``jax.set_mesh`` of a mesh
+            with explicit axes.
     """
+    check_no_explicit_mesh_context("MCMC.run with FlowMCKernel")
     potential_fn_gen = postprocess_fn = None
     if model is not None:
         params_info, potential_fn_gen, postprocess_fn, _ = initialize_model(

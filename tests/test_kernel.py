@@ -718,6 +718,21 @@ def test_walkers_on_an_explicit_mesh(axis_type):
     assert bool(jnp.all(jnp.isfinite(mcmc.get_samples()["x"])))
 
 
+def test_set_mesh_of_explicit_axes_is_a_clear_error_and_of_automatic_ones_works():
+    # Inside `with jax.set_mesh(explicit)` every operation on the walkers (kept on automatic
+    # axes) failed deep in JAX: "context mesh ... should match the mesh of sharding".
+    for axis_type in (AxisType.Explicit, AxisType.Auto):
+        mesh = jax.make_mesh((2,), ("walkers",), axis_types=(axis_type,))
+        mcmc = _mcmc(FlowMCKernel(gauss_model, flow=_wide_flow(3), **FAST), 4, 2, 2)
+        with jax.set_mesh(mesh):
+            if axis_type == AxisType.Explicit:
+                with pytest.raises(ValueError, match=r"outside a `with jax.set_mesh\(...\)`"):
+                    mcmc.run(jax.random.key(0))
+            else:
+                mcmc.run(jax.random.key(0))
+                assert bool(jnp.all(jnp.isfinite(mcmc.get_samples()["x"])))
+
+
 # -- Pickling ------------------------------------------------------------------------------
 
 

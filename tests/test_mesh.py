@@ -101,6 +101,14 @@ def test_mesh_explicit_axes_become_automatic():
     assert training_mesh(None, None, {"num_walkers": 4}).shape == data_mesh(2).shape
 
 
+def test_mesh_trainer_under_set_mesh_of_explicit_axes_is_a_clear_error():
+    mesh = jax.make_mesh((2,), ("walkers",), axis_types=(AxisType.Explicit,))
+    config = TrainConfig().with_settings(**MESH_RUN)
+    with jax.set_mesh(mesh), pytest.raises(ValueError, match="expected the Trainer to run outside"):
+        Trainer("two-modes-2to1", config)
+    assert Trainer("two-modes-2to1", config, mesh=mesh).mesh.axis_types == (AxisType.Auto,)
+
+
 def test_mesh_walkers_stay_split_and_parameters_replicated(mesh_runs):
     two, state = mesh_runs["two"], mesh_runs["result_two"].state
     walkers = two.negatives(state)

@@ -23,7 +23,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from numpyro_ebm._checks import is_key_array, positive_int
-from numpyro_ebm._init_params import auto_axes
+from numpyro_ebm._init_params import auto_axes, check_no_explicit_mesh_context
 
 __all__ = [
     "DATA_AXIS",
@@ -131,7 +131,8 @@ def training_mesh(mesh: Mesh | None, devices: int | None, sizes: Mapping[str, in
         per-walker index of the samplers a sharding error).
 
     Raises:
-        ValueError: If a size is not a multiple of the mesh's devices.
+        ValueError: If a size is not a multiple of the mesh's devices, or the trainer is made
+            inside ``with jax.set_mesh(...)`` of a mesh with explicit axes.
 
     Example:
         >>> import jax
@@ -141,6 +142,7 @@ def training_mesh(mesh: Mesh | None, devices: int | None, sizes: Mapping[str, in
         >>> training_mesh(None, 1, {"num_walkers": 8}).axis_names
         ('data',)
     """
+    check_no_explicit_mesh_context("the Trainer")
     if mesh is None:
         return data_mesh(num_devices_for(devices, sizes, len(jax.devices())))
     num_devices_for(mesh.size, sizes, mesh.size)
