@@ -328,6 +328,22 @@ def test_kl_divergence_from_exact_draws_and_its_standard_error():
     assert metrics["exact_log_likelihood"] == pytest.approx(np.mean(log_p))
 
 
+def test_points_of_zero_model_density_are_named():
+    # An outlier where the energy overflows made the held-out log-likelihood -inf (null in
+    # report.json) with nothing saying why.
+    def energy(x):
+        return jnp.where(x[0] > 100.0, jnp.inf, 0.0)
+
+    points = np.array([[0.0, 0.0], [1.0, 1.0], [1e3, 0.0]])
+    args = (jax.random.key(0), energy, 1.0, None, Preprocessing.identity(2))
+    with pytest.warns(UserWarning, match=r"1 of 3 held-out points zero density .* rows \[2\]"):
+        metrics = heldout_metrics(*args, points, num_samples=64)
+    assert metrics["heldout_log_likelihood"] == -math.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the control: finite everywhere, no warning
+        heldout_metrics(*args, points[:2], num_samples=64)
+
+
 def test_load_energy_and_sample_are_in_raw_units(file_run, tmp_path):
     run = file_run / "run"
     model = load_model(run)

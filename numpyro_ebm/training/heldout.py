@@ -23,6 +23,7 @@ import numpy as np
 from flowjax.distributions import AbstractDistribution
 
 from numpyro_ebm._checks import positive_int, typed_key
+from numpyro_ebm._warnings import warn_user
 from numpyro_ebm.energies import TiltedEnergy
 from numpyro_ebm.flow_base import importance_proposal
 from numpyro_ebm.likelihood import LogNormalizerEstimate, heldout_log_likelihood, log_normalizer
@@ -32,6 +33,22 @@ __all__ = ["EXACT_TEST_POINTS", "evaluate_run", "heldout_metrics"]
 
 #: Exact draws that :func:`evaluate_run` scores for a built-in with a known density.
 EXACT_TEST_POINTS = 2000
+
+
+def _warn_of_zero_density(log_model: np.ndarray, shown: int = 5) -> None:
+    """Warn, naming the rows, where the model gives points zero density (energy inf or NaN).
+
+    One such point makes the mean log-likelihood −inf (``null`` in JSON): typically an outlier
+    far outside the training data, where the energy overflows.
+    """
+    rows = np.flatnonzero(~np.isfinite(log_model))
+    if rows.size:
+        warn_user(
+            f"the model gives {rows.size} of {log_model.size} held-out points zero density "
+            f"(energy inf or NaN), so the held-out log-likelihood is -inf: rows "
+            f"{rows[:shown].tolist()}{' ...' if rows.size > shown else ''}; outliers far "
+            "outside the training data?"
+        )
 
 
 def _kl_divergence(
@@ -112,11 +129,12 @@ def heldout_metrics(
     z = preprocessing.transform(points, key_noise)
     mean, stderr = heldout_log_likelihood(tilted, z, estimate)
     raw_mean = mean + preprocessing.log_det_jacobian
+    # + log Ẑ: the model's unnormalised log-density at each point, in raw units.
+    log_model = -np.asarray(jax.vmap(tilted)(z), dtype=float) + preprocessing.log_det_jacobian
+    _warn_of_zero_density(log_model)
     exact = {}
     if exact_log_density is not None:
         log_p = np.asarray(exact_log_density, dtype=float).reshape(len(points))
-        log_model = -np.asarray(jax.vmap(tilted)(z), dtype=float)  # + log Ẑ: unnormalised
-        log_model += preprocessing.log_det_jacobian
         kl, kl_stderr = _kl_divergence(log_p, log_model, estimate)
         exact = {
             "exact_log_likelihood": float(np.mean(log_p)),
