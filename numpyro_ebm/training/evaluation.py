@@ -55,6 +55,10 @@ def evaluate(
 ) -> dict[str, Any]:
     """Compute the report's metrics for a trained model.
 
+    It evaluates ``result.state``, the last one. ``numpyro-ebm train`` evaluates (and saves)
+    the best validation's state where a run has one: ``result._replace(state=result.best_state)``
+    gives the same figures from Python.
+
     Args:
         result: A training result.
         num_chain_steps: Steps of the continued negatives used for R̂ / ESS (the first 64
