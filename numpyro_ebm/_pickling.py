@@ -30,7 +30,8 @@ the same structure to load into; the recipe is that skeleton.
 
 :func:`kernel_getstate` and :func:`kernel_setstate` are ``FlowMCKernel``'s pickling: its flows
 as above, its optax optimizer (closures) rebuilt from the learning rate, its walker layout (the
-unravel closure and the walkers' sharding) rebuilt from picklable descriptions. A kernel built
+unravel closure and the walkers' sharding) rebuilt from picklable descriptions; the state's
+arrays keep their layout over devices the same way (:func:`reduce_keeping_layout`). A kernel built
 from a ``potential_fn`` is then complete after loading, so ``MCMC`` continues from
 ``last_state`` without ``init_params``; a kernel built from a ``model`` is initialised again by
 ``MCMC``, as NumPyro's own kernels are, because its potential is a closure over the model's
@@ -55,6 +56,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 __all__ = [
     "dumps_flow",
+    "reduce_keeping_layout",
     "kernel_getstate",
     "kernel_setstate",
     "latent_template",
@@ -225,6 +227,33 @@ def _rebuild_sharding(description: _ShardingDescription | None) -> NamedSharding
     return NamedSharding(
         Mesh(mesh_devices, description.axis_names), PartitionSpec(*description.spec)
     )
+
+
+def reduce_keeping_layout(state: tuple) -> tuple:
+    """``__reduce__`` of a NamedTuple of arrays that keeps their layout over devices.
+
+    An array pickles by value and comes back on one device. The layout of each array split
+    or replicated over several devices is stored by device ids and put back on loading where
+    this process has those devices, so a run continued after unpickling stays on its mesh.
+    """
+    layouts = [
+        _describe_sharding(leaf.sharding)
+        if isinstance(getattr(leaf, "sharding", None), NamedSharding)
+        and len(leaf.sharding.device_set) > 1
+        else None
+        for leaf in jax.tree.leaves(state)
+    ]
+    return _with_layout, (type(state), tuple(state), layouts)
+
+
+def _with_layout(cls: type, fields: tuple, layouts: list) -> Any:
+    """Undo :func:`reduce_keeping_layout`."""
+    leaves, treedef = jax.tree.flatten(cls(*fields))
+    placed = []
+    for leaf, layout in zip(leaves, layouts, strict=True):
+        sharding = _rebuild_sharding(layout)
+        placed.append(leaf if sharding is None else jax.device_put(leaf, sharding))
+    return jax.tree.unflatten(treedef, placed)
 
 
 def latent_template(init_params: Any) -> Any:

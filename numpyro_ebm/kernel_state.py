@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from numpyro_ebm._checks import typed_key
+from numpyro_ebm._pickling import reduce_keeping_layout
 from numpyro_ebm.samplers.flowmc import FlowMCRoundInfo
 from numpyro_ebm.samplers.warmup import FlowMCAdaptation
 
@@ -125,6 +126,10 @@ class FlowMCState(_FlowMCFields):
                 "reports stalled local moves, the global acceptance and R̂."
             )
         return super().__getitem__(index)
+
+    def __reduce__(self):
+        # Walkers split over a mesh stay split after unpickling (they came back on one device).
+        return reduce_keeping_layout(self)
 
     def _replace(self, **changes) -> FlowMCState:
         # `MCMC` continues a run with `state._replace(rng_key=key)` and one key; keep one key

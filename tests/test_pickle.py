@@ -26,6 +26,7 @@ from numpyro_ebm._pickling import dumps_flow, loads_flow
 from numpyro_ebm.flows import default_flow, merge_flow, split_flow
 from numpyro_ebm.preprocessing import Preprocessing
 from numpyro_ebm.training import load_energy, sample_energy, save_model
+from numpyro_ebm.training.mesh import data_mesh, put_on_mesh, split_leading_axis
 
 NUM_WALKERS = 8
 CHEAP = dict(num_particles=4, num_local_steps=1, num_fit_steps=2, fit_batch_size=16)
@@ -121,6 +122,18 @@ def test_unpickled_mcmc_continues_exactly_as_the_original(config, fitted_flow):
     flow = loaded.sampler.get_flow(loaded_last_state)
     point = jnp.array([0.5, 1.5])
     assert float(flow.log_prob(point)) == float(kernel.get_flow(last_state).log_prob(point))
+
+
+def test_walkers_split_over_devices_stay_split_after_unpickling():
+    # Arrays pickle by value and came back on one device: a continued run left the mesh.
+    mesh = data_mesh(2)
+    kernel = FlowMCKernel(model, flow_options=CHEAP_FLOW, **CHEAP)
+    mcmc = _mcmc(kernel)
+    mcmc.run(jax.random.key(0), init_params=put_on_mesh(_init_params(), split_leading_axis(mesh)))
+    (draws, _), (loaded_draws, loaded_last_state), _ = _pickled_and_original_continuations(mcmc)
+    assert leaves_equal(loaded_draws, draws)
+    for leaf in (loaded_draws["x"], loaded_last_state.z["x"], loaded_last_state.rng_key):
+        assert len(leaf.sharding.device_set) == 2, leaf.sharding
 
 
 def test_sample_energy_mcmc_pickles_with_a_trained_flow():
