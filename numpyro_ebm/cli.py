@@ -102,6 +102,24 @@ def _train_config(args: argparse.Namespace):
     return config.with_settings(**given, **parse_set(args.set))
 
 
+def _has_fast_settings(config) -> bool:
+    """Whether a run's settings are ``--fast``'s: a resumed ``--fast`` run is evaluated as one.
+
+    Compares the trainer's own settings of :data:`FAST_SETTINGS` (not ``num_epochs``, which a
+    resumed run may raise).
+
+    Example:
+        >>> from numpyro_ebm.training import TrainConfig
+        >>> _has_fast_settings(TrainConfig().with_settings(strict=False, **FAST_SETTINGS))
+        True
+        >>> _has_fast_settings(TrainConfig())
+        False
+    """
+    saved = config.to_dict()
+    own = {name: value for name, value in FAST_SETTINGS.items() if name in saved}
+    return all(saved[name] == value for name, value in own.items() if name != "num_epochs")
+
+
 def _check_writable(path: str, option: str, *, directory: bool) -> Path:
     """Fail before any work if ``path`` cannot be written as a directory (or as a file).
 
@@ -131,6 +149,7 @@ def _run_train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out = _check_writable(args.out, "--out", directory=True)
     config = _train_config(args)
+    fast = args.fast or (args.resume and _has_fast_settings(config))
     result = train(
         args.data, config, out_dir=out, resume=args.resume, progress_bar=not args.no_progress
     )
@@ -138,7 +157,7 @@ def _run_train(args: argparse.Namespace) -> int:
     if result.best_state is not None:  # the model kept is the best validation's
         best = result.best_state
         result = result._replace(state=best, energy=trainer.energy(best), flow=trainer.flow(best))
-    evaluation = _FAST_EVALUATION if args.fast else _EVALUATION
+    evaluation = _FAST_EVALUATION if fast else _EVALUATION
     metrics = evaluate(result, **evaluation, progress_bar=not args.no_progress)
     save_result(out, result)
 
@@ -150,7 +169,7 @@ def _run_train(args: argparse.Namespace) -> int:
         "command": "train",
         "dataset": trainer.dataset_spec,
         "settings": trainer.settings(),
-        "fast": bool(args.fast),
+        "fast": bool(fast),
         "metrics": metrics,
         "timings": {
             **result.timings,

@@ -117,6 +117,9 @@ def test_train_resume_continues_the_run(tmp_path, capsys):
     assert report["history"][0] == first["history"][0]
     assert report["settings"]["config"]["objective"]["sampler"] == "ula"
     assert report["metrics"]["steps"] == 20
+    # A --fast run resumed without the flag is still evaluated as one (it was evaluated at
+    # full length, and the report said "fast": false).
+    assert report["fast"] is True
     # A setting that would change the steps cannot change on resume.
     assert main([*common, "--resume", "--batch-size", "8"]) == 2
     assert "batch_size: saved 64, given 8" in capsys.readouterr().err
