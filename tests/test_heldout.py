@@ -91,7 +91,9 @@ def test_file_data_is_split_standardised_and_deterministic(tmp_path):
     path = tmp_path / "points.npy"
     raw = np.random.default_rng(0).normal(1000.0, 30.0, size=(200, 2))
     np.save(path, raw)
-    first = training_data(path, jax.random.key(0), 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # standardised: nothing to warn of
+        first = training_data(path, jax.random.key(0), 0)
     second = training_data(path, jax.random.key(0), 0)
     assert first.data.shape == (180, 2) and first.validation.shape == (20, 2)
     np.testing.assert_array_equal(first.data, second.data)
@@ -100,7 +102,10 @@ def test_file_data_is_split_standardised_and_deterministic(tmp_path):
     every = np.concatenate([train_raw, valid_raw])
     np.testing.assert_allclose(np.sort(every, axis=0), np.sort(raw, axis=0), rtol=1e-5)
     assert first.base_scale == pytest.approx(1.0, abs=1e-3)  # standardised coordinates
-    none = training_data(path, jax.random.key(0), 0, preprocess="none", validation_fraction=0)
+    # Kept in raw units, data 47 spreads from the origin are named: σ (their RMS) is 1414,
+    # ρ = N(0, σ²) and the walkers' start 47 times wider than the data.
+    with pytest.warns(UserWarning, match="sit 47 of their spreads from the origin"):
+        none = training_data(path, jax.random.key(0), 0, preprocess="none", validation_fraction=0)
     assert none.preprocessing.is_identity and none.validation is None
     assert none.data.shape == (200, 2)
 

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from numpyro_ebm._checks import typed_key
+from numpyro_ebm._warnings import warn_user
 from numpyro_ebm.datasets import Dataset, get_dataset
 from numpyro_ebm.preprocessing import Preprocessing
 
@@ -130,6 +131,32 @@ def training_data(
                 f"expected training data that varies, got {len(raw)} training points of "
                 f"{spec!r} that are all the same point: there is no density to learn"
             )
+    if preprocess == "none":
+        _warn_if_far_from_origin(data, spec)
     return TrainingData(
         dataset, spec, jnp.asarray(data), float(base_scale), preprocessing, validation
     )
+
+
+#: Distance of the data from the origin, in units of their spread, above which untransformed
+#: data get a warning: the tilt ρ = N(0, σ²) and the walkers' start are then far wider than them.
+_FAR_FROM_ORIGIN = 10.0
+
+
+def _warn_if_far_from_origin(data: np.ndarray, spec: str) -> None:
+    """Warn when data kept in raw units (``preprocess="none"``) sit far from the origin.
+
+    σ is the data's root mean square, so data at 500 ± 5 get σ ≈ 500: ρ and the walkers that
+    start from it spread 100 times wider than the data, which the EBM and the samplers must
+    first learn to leave.
+    """
+    data = np.asarray(data, dtype=np.float64)
+    spread = float(np.sqrt(np.mean(np.var(data, axis=0))))
+    distance = float(np.linalg.norm(np.mean(data, axis=0)))
+    if spread > 0 and distance > _FAR_FROM_ORIGIN * spread:
+        warn_user(
+            f"the training data of {spec!r} sit {distance / spread:.0f} of their spreads from "
+            "the origin with preprocess='none': the tilt ρ = N(0, σ²) and the walkers' start "
+            "are far wider than the data; preprocess='standardize' centres and scales them "
+            "(and every output is still in raw units)"
+        )
