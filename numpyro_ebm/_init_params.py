@@ -185,8 +185,14 @@ def num_walkers_of(rng_key: jax.Array) -> int:
     """The number of walkers: ``MCMC`` hands an ensemble kernel one key per chain.
 
     Raises:
+        TypeError: If ``rng_key`` is not a key (``MCMC.run(0)``).
         ValueError: If ``rng_key`` is a single key (one chain, or chains not vectorized).
     """
+    if not isinstance(rng_key, jax.Array | np.ndarray):
+        raise TypeError(
+            "expected MCMC.run's first argument to be a PRNG key (jax.random.key(0) or "
+            f"jax.random.PRNGKey(0)), got {type(rng_key).__name__} {rng_key!r}"
+        )
     if is_prng_key(rng_key):
         raise ValueError(
             "FlowMCKernel is an ensemble kernel: its walkers are NumPyro's chains and share "

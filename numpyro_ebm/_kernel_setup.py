@@ -6,7 +6,8 @@ Kept apart from the kernel so that the adapter reads as NumPyro's ``init``/``sam
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+import numbers
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -15,7 +16,7 @@ import numpy as np
 from flowjax.distributions import AbstractDistribution
 from jax.sharding import NamedSharding, PartitionSpec
 
-from numpyro_ebm._checks import flag, positive_int
+from numpyro_ebm._checks import flag, positive_int, python_scalar
 from numpyro_ebm._warnings import warn_user
 from numpyro_ebm.flows import check_flow_options, default_flow
 from numpyro_ebm.samplers.flowmc import FlowMCConfig
@@ -77,13 +78,16 @@ def round_options(
             "The walkers would never move: expected a global move or at least one local step; "
             "got global_move='none' and num_local_steps=0."
         )
-    if not 0 < target_accept_prob < 1:
+    probability = python_scalar(target_accept_prob)
+    if not (isinstance(probability, numbers.Real) and not isinstance(probability, bool)) or not (
+        0 < probability < 1
+    ):
         raise ValueError(f"`target_accept_prob` must be in (0, 1), got {target_accept_prob!r}.")
     return dict(
         num_local_steps=positive_int("num_local_steps", num_local_steps, minimum=0),
         global_move=global_move,
         num_particles=num_particles,
-        target_accept_prob=float(target_accept_prob),
+        target_accept_prob=float(probability),
         fit_flow=flag("fit_flow", fit_flow),
         fit_every=positive_int("fit_every", fit_every),
         num_fit_steps=positive_int("num_fit_steps", num_fit_steps),
@@ -114,6 +118,17 @@ def check_kernel_arguments(
     if (model is None) == (potential_fn is None):
         given = "both" if model is not None else "neither"
         raise ValueError(f"Pass exactly one of `model` and `potential_fn`; got {given}.")
+    for name, target in (("model", model), ("potential_fn", potential_fn)):
+        if target is not None and not callable(target):
+            raise TypeError(
+                f"`{name}` must be callable (a NumPyro model, or a potential of the "
+                f"unconstrained values); got {type(target).__name__}."
+            )
+    if flow_options is not None and not isinstance(flow_options, Mapping):
+        raise TypeError(
+            f"`flow_options` must be a dict of default_flow's options; got "
+            f"{type(flow_options).__name__}."
+        )
     if not callable(init_strategy):
         raise TypeError(
             "`init_strategy` must be one of NumPyro's initialisation strategies (e.g. "

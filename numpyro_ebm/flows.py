@@ -28,7 +28,7 @@ from flowjax.bijections import Affine, RationalQuadraticSpline
 from flowjax.distributions import AbstractDistribution
 from jax.typing import ArrayLike
 
-from numpyro_ebm._checks import positive_int, typed_key
+from numpyro_ebm._checks import positive_float, positive_int, typed_key
 from numpyro_ebm._flow_construction import FlowSpec, compiled_flow_builder, is_non_trainable
 from numpyro_ebm._pickling import remember_recipe
 
@@ -248,8 +248,7 @@ def flow_optimizer(learning_rate: float = 1e-3, max_grad_norm: float = 10.0):
     Returns:
         An ``optax.GradientTransformation``.
     """
-    if not learning_rate > 0:
-        raise ValueError(f"`learning_rate` must be positive, got {learning_rate!r}.")
+    learning_rate = positive_float("learning_rate", learning_rate)
     return optax.apply_if_finite(
         optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(learning_rate)),
         max_consecutive_errors=1_000_000,

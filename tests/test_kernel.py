@@ -37,6 +37,7 @@ from numpyro.infer.initialization import init_to_median, init_to_value
 
 from numpyro_ebm import FlowMCKernel, FlowMCState
 from numpyro_ebm.flows import default_flow, split_flow
+from numpyro_ebm.health import check_run
 
 # Family-wise false-alarm rate of each statistical test in this file.
 ALPHA = 1e-3
@@ -151,7 +152,13 @@ def _potential(z):
         (dict(model=gauss_model, memory_budget_bytes=0), "memory_budget_bytes.*>= 1, got 0"),
         (dict(model=gauss_model, step_size=0.0), "step_size.*positive.*got 0.0"),
         (dict(model=gauss_model, target_accept_prob=1.0), r"\(0, 1\), got 1.0"),
-        (dict(model=gauss_model, learning_rate=-1e-3), "learning_rate.*positive, got -0.001"),
+        (dict(model=gauss_model, learning_rate=-1e-3), "learning_rate.*positive.*, got -0.001"),
+        # Strings, infinities and booleans failed in a comparison or were taken as numbers.
+        (dict(model=gauss_model, learning_rate="1e-3"), "learning_rate.*got '1e-3'"),
+        (dict(model=gauss_model, learning_rate=float("inf")), "learning_rate.*finite.*got inf"),
+        (dict(model=gauss_model, learning_rate=True), "learning_rate.*got True"),
+        (dict(model=gauss_model, target_accept_prob="0.5"), r"\(0, 1\), got '0.5'"),
+        (dict(model=gauss_model, target_accept_prob=None), r"\(0, 1\), got None"),
         # Truthy non-booleans were taken as True ("no" too).
         (dict(model=gauss_model, dense_preconditioner="no"), "True or False, got 'no'"),
         (dict(model=gauss_model, fit_flow=0), "fit_flow.*True or False, got 0"),
@@ -165,6 +172,27 @@ def _potential(z):
 def test_constructor_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         FlowMCKernel(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        # Accepted, then a failure inside NumPyro or the kernel at the first run.
+        (dict(model="model"), "`model` must be callable.*got str"),
+        (dict(potential_fn=jnp.ones(2)), "`potential_fn` must be callable.*got ArrayImpl"),
+        (dict(model=gauss_model, flow_options=["transformer"]), "flow_options.*dict.*got list"),
+    ],
+)
+def test_constructor_rejects_arguments_of_the_wrong_type(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        FlowMCKernel(**kwargs)
+
+
+def test_an_integer_as_the_key_is_a_clear_error():
+    # MCMC.run(0) failed with "'int' object has no attribute 'shape'".
+    mcmc = _mcmc(FlowMCKernel(gauss_model, **FAST), num_walkers=4, num_warmup=1, num_samples=1)
+    with pytest.raises(TypeError, match=r"PRNG key .* got int 0"):
+        mcmc.run(0)
 
 
 def test_constructor_takes_numbers_as_0d_arrays_as_numpyro_kernels_do():
@@ -635,7 +663,7 @@ def test_walkers_starting_at_a_nonfinite_potential_are_named(global_move, num_na
     # Walkers started in the NaN half ran without a word: with global_move="none" they never
     # move. The check is made once, on the initial state.
     start = jnp.abs(jax.random.normal(jax.random.key(12), (8, 2))) + 0.1
-    start = start.at[:num_nan_walkers, 0].multiply(-1.0)  # those start where U is NaN
+    start = start.at[:num_nan_walkers, 0].set(-5.0)  # those start deep where U is NaN
     kernel = FlowMCKernel(potential_fn=_half_nan_potential, global_move=global_move, **FAST)
     mcmc = _mcmc(kernel, num_walkers=8, num_warmup=2, num_samples=2, progress_bar=False)
     with warnings.catch_warnings(record=True) as caught:
@@ -647,6 +675,13 @@ def test_walkers_starting_at_a_nonfinite_potential_are_named(global_move, num_na
     else:
         assert len(starts) == 1 and f"{num_nan_walkers} of 8 walkers start" in starts[0]
         assert says in starts[0]
+    # check_run named other causes for such kept draws ("not mixed", "stalled"), never them.
+    health = check_run(mcmc)
+    not_finite = [problem for problem in health.problems if "potential is not finite" in problem]
+    if global_move == "none":
+        assert health.nonfinite_fraction == num_nan_walkers / 8 and len(not_finite) == 1
+    elif num_nan_walkers == 0:
+        assert health.nonfinite_fraction == 0.0 and not not_finite
 
 
 def test_float64_with_x64_enabled():

@@ -176,6 +176,24 @@ class TrainConfig:
         """
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def check(cls, config: Any) -> TrainConfig:
+        """Return ``config`` if it is a :class:`TrainConfig`, else raise naming what was given.
+
+        Example:
+            >>> TrainConfig.check({"num_epochs": 1})
+            Traceback (most recent call last):
+            ...
+            TypeError: expected a TrainConfig (e.g. ... got dict {'num_epochs': 1}
+        """
+        if not isinstance(config, cls):
+            raise TypeError(
+                "expected a TrainConfig (e.g. TrainConfig(num_epochs=1), or "
+                f"TrainConfig.from_dict(settings) for a dict), got {type(config).__name__} "
+                f"{config!r}"
+            )
+        return config
+
     def with_settings(self, *, strict: bool = True, **changes: Any) -> TrainConfig:
         """A copy with settings changed, each routed to the run or to its objective by name.
 

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from flowjax.distributions import AbstractDistribution
 
-from numpyro_ebm._checks import positive_int, typed_key
+from numpyro_ebm._checks import positive_int, seed_value, typed_key
 from numpyro_ebm._warnings import warn_user
 from numpyro_ebm.energies import TiltedEnergy
 from numpyro_ebm.flow_base import importance_proposal
@@ -186,6 +186,7 @@ def evaluate_run(
     from numpyro_ebm.datasets import get_dataset
     from numpyro_ebm.training.model_io import load_model, saved_preprocessing
 
+    seed = seed_value("seed", seed)
     model = load_model(run_dir, energy)
     dataset = get_dataset(data)
     exact_log_density = None

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from numpyro_ebm._checks import flag
 from numpyro_ebm._warnings import warn_user
 from numpyro_ebm.training.checkpoint import (
     checkpoint_paths,
@@ -311,6 +312,7 @@ def open_run(
             the run has already gone past the epochs to reach.
         NotADirectoryError: If ``out_dir`` is a file.
     """
+    resume = flag("resume", resume)
     if resume and out_dir is None:
         raise ValueError("expected `out_dir` to resume from, got None")
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():

@@ -14,7 +14,7 @@ import numpy as np
 from flowjax.distributions import AbstractDistribution
 from numpyro.infer import MCMC
 
-from numpyro_ebm._checks import typed_key
+from numpyro_ebm._checks import positive_float, positive_int, seed_value, typed_key
 from numpyro_ebm.energies import ebm_model
 from numpyro_ebm.kernel import FlowMCKernel
 from numpyro_ebm.training.model_io import load_model, saved_preprocessing
@@ -67,6 +67,8 @@ def sample_energy(
         (4, 5, 2)
     """
     typed_key(rng_key)  # raises a clear TypeError for anything but a single PRNG key
+    dim, base_scale = positive_int("dim", dim), positive_float("base_scale", base_scale)
+    num_chains = positive_int("num_chains", num_chains, minimum=2)  # an ensemble
     # The key's kind (typed or raw) is kept: NumPyro's MCMC holds the key it is given.
     key_init, key_run = jax.random.split(rng_key)
     if init_positions is None:
@@ -77,6 +79,10 @@ def sample_energy(
             raise ValueError(
                 f"expected init_positions of shape (n, {dim}) with n >= 1, "
                 f"got {init_positions.shape}"
+            )
+        if not np.issubdtype(init_positions.dtype, np.floating):
+            raise ValueError(
+                f"expected init_positions of real numbers, got dtype {init_positions.dtype}"
             )
         init_positions = jnp.asarray(np.resize(init_positions, (num_chains, dim)))
     kernel = FlowMCKernel(
@@ -132,8 +138,10 @@ def sample_run(
 
     model = load_model(run_dir, energy)
     dim = int(model.settings["dim"])
+    out_dir = Path(run_dir if out_dir is None else out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)  # before the run: a bad path loses no draws
     mcmc = sample_energy(
-        jax.random.key(seed),
+        jax.random.key(seed_value("seed", seed)),
         model.energy,
         dim,
         model.base_scale,
@@ -144,8 +152,6 @@ def sample_run(
         init_positions=model.negatives,
         progress_bar=progress_bar,
     )
-    out_dir = Path(run_dir if out_dir is None else out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     draws = np.asarray(mcmc.get_samples(group_by_chain=True)["x"])
     preprocessing = saved_preprocessing(model.settings)
     samples_path = out_dir / SAMPLES_FILE

@@ -104,7 +104,7 @@ class Trainer:
     ):
         if config is None:
             config = TrainConfig.for_dimension(get_dataset(dataset).dim)
-        self.config = cfg = config
+        self.config = cfg = TrainConfig.check(config)
         keys = jax.random.split(jax.random.key(cfg.seed), 5)
         self._key_energy, self._key_walkers, self._key_objective, self._key_train = keys[1:]
         self.validation_key = jax.random.fold_in(jax.random.key(cfg.seed), 1)

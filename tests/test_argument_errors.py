@@ -1,0 +1,64 @@
+"""Mistaken arguments to the training side's entry points: clear errors, before any work.
+
+Each case failed deep inside JAX, NumPy or pathlib (or after the work was done) before.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from numpyro_ebm.energies import MLPEnergy
+from numpyro_ebm.training import (
+    TrainConfig,
+    Trainer,
+    evaluate_run,
+    sample_energy,
+    sample_run,
+    save_model,
+)
+
+
+def _energy(x):
+    return jnp.sum(x**2)
+
+
+@pytest.mark.parametrize(
+    ("args", "options", "match"),
+    [
+        (("2", 1.0), {}, "`dim` must be an integer >= 1, got '2'"),
+        ((2, "1"), {}, "`base_scale` must be a positive finite number, got '1'"),
+        ((2, None), {}, "`base_scale` must be a positive finite number, got None"),
+        ((2, 1.0), {"num_chains": 0}, "`num_chains` must be an integer >= 2, got 0"),
+        ((2, 1.0), {"num_chains": -3}, "`num_chains` must be an integer >= 2, got -3"),
+        ((2, 1.0), {"init_positions": np.ones((4, 2), int)}, "init_positions of real numbers"),
+    ],
+)
+def test_sample_energy_names_the_argument(args, options, match):
+    with pytest.raises(ValueError, match=match):
+        sample_energy(jax.random.key(0), _energy, *args, num_samples=2, **options)
+
+
+def test_a_run_directory_that_cannot_be_written_loses_no_draws(tmp_path, monkeypatch):
+    # The draws were made, then `mkdir` failed on a path that is a file: now it fails first.
+    def must_not_sample(*args, **kwargs):
+        raise AssertionError("sampled before checking the output directory")
+
+    monkeypatch.setattr("numpyro_ebm.training.sampling.sample_energy", must_not_sample)
+    save_model(tmp_path / "run", MLPEnergy(2, width=4, depth=1, key=jax.random.key(0)), 1.0)
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    with pytest.raises(FileExistsError):
+        sample_run(tmp_path / "run", num_samples=2, num_chains=4, num_warmup=2, out_dir=blocked)
+    with pytest.raises(ValueError, match=r"`seed` must be an integer in \[0, 2\*\*32\), got -1"):
+        evaluate_run(tmp_path / "run", "two-modes-2to1", seed=-1)
+
+
+def test_the_trainer_takes_a_train_config_and_a_boolean_resume(tmp_path):
+    with pytest.raises(TypeError, match=r"expected a TrainConfig .* got dict"):
+        Trainer("two-modes-2to1", {"num_epochs": 1})
+    config = TrainConfig("pcd", num_epochs=1, steps_per_epoch=1, batch_size=8, num_data=64)
+    trainer = Trainer("two-modes-2to1", config.with_settings(sampler="ula", num_walkers=8))
+    # A string counted as True: "no" resumed an earlier run.
+    with pytest.raises(ValueError, match="`resume` must be True or False, got 'no'"):
+        trainer.fit(out_dir=tmp_path, resume="no", progress_bar=False)
