@@ -80,6 +80,11 @@ def _train_config(args: argparse.Namespace):
     from numpyro_ebm.training.run_files import read_run_settings
 
     settings_path = Path(args.out) / SETTINGS_FILE
+    if args.resume and not Path(args.out).is_dir():  # a misspelt path: not a whole new run
+        raise ValueError(
+            f"expected --out to name an earlier run to resume, got {args.out!r}, "
+            "which does not exist"
+        )
     if args.resume and settings_path.exists():
         _, config = read_run_settings(settings_path)
         if args.objective is not None and args.objective != config.objective.name:

@@ -17,6 +17,7 @@ from numpyro_ebm.training import (
     sample_run,
     save_model,
 )
+from numpyro_ebm.training.data import training_data
 
 
 def _energy(x):
@@ -62,3 +63,10 @@ def test_the_trainer_takes_a_train_config_and_a_boolean_resume(tmp_path):
     # A string counted as True: "no" resumed an earlier run.
     with pytest.raises(ValueError, match="`resume` must be True or False, got 'no'"):
         trainer.fit(out_dir=tmp_path, resume="no", progress_bar=False)
+
+
+def test_transposed_data_are_named():
+    # train(x.T) trained a 100-dimensional model on 2 points without a word.
+    points = np.random.default_rng(0).normal(size=(100, 2))
+    with pytest.warns(UserWarning, match="2 training points of dimension 100.*transposed"):
+        training_data(points.T, jax.random.key(0), 0, validation_fraction=0)

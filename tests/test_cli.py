@@ -120,6 +120,10 @@ def test_train_resume_continues_the_run(tmp_path, capsys):
     # A --fast run resumed without the flag is still evaluated as one (it was evaluated at
     # full length, and the report said "fast": false).
     assert report["fast"] is True
+    # A misspelt run directory started a whole default run, with only a warning.
+    assert main(["train", "two-modes-2to1", "--out", out + "-typo", "--resume"]) == 2
+    assert "earlier run to resume" in capsys.readouterr().err
+    assert not (tmp_path.parent / (tmp_path.name + "-typo")).exists()
     # A setting that would change the steps cannot change on resume.
     assert main([*common, "--resume", "--batch-size", "8"]) == 2
     assert "batch_size: saved 64, given 8" in capsys.readouterr().err

@@ -115,3 +115,13 @@ def test_images_keep_the_data_gray_scale_whatever_the_samples(tmp_path, monkeypa
         "data (first 5, 1 with non-finite pixels)",
         "negatives (first 5, 1 with non-finite pixels)",
     ]
+
+
+def test_the_path_returned_is_the_file_written(tmp_path):
+    # Without a suffix matplotlib wrote `name.png` and the path returned named no file; a
+    # directory gave `<dir>.png` beside it.
+    data = np.zeros((3, 2))
+    written = plotting.plot_samples(data, data, tmp_path / "no_suffix")
+    assert written == tmp_path / "no_suffix.png" and written.is_file()
+    with pytest.raises(ValueError, match=r"a file path for the figure .* got a directory"):
+        plotting.plot_samples(data, data, tmp_path)

@@ -115,6 +115,11 @@ def training_data(
             raw_validation = np.asarray(dataset.sample(key_validation, num_validation))
     else:
         raw, raw_validation = _split(dataset, key_split, validation_fraction)
+    if raw.shape[0] <= raw.shape[1]:
+        warn_user(
+            f"{spec!r} has {raw.shape[0]} training points of dimension {raw.shape[1]}: fewer "
+            "points than dimensions. Is the array transposed? Points are rows, (n, d)."
+        )
     if preprocess == "none" or (preprocess == "auto" and dataset.data is None):
         preprocessing = Preprocessing.identity(raw.shape[1])
     else:
