@@ -187,3 +187,23 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_history(tmp_path, m
         kept.unlink()
     lost = trainer.fit(out_dir=tmp_path / "lost", resume=True, progress_bar=False)
     assert "negatives_rhat" not in lost.history[0]
+
+
+def test_a_damaged_last_checkpoint_falls_back_to_the_one_before(tmp_path):
+    # A checkpoint cut short blocked the resume although the one before it was intact.
+    config = TrainConfig(
+        "pcd", num_epochs=2, steps_per_epoch=4, batch_size=16, energy_width=8, energy_depth=1,
+        num_data=256, grid_points=10,
+    ).with_settings(sampler="ula", num_walkers=16)  # fmt: skip
+    full = Trainer("two-modes-2to1", config).fit(out_dir=tmp_path, progress_bar=False)
+    (_, before), (_, last) = checkpoint_paths(tmp_path / "checkpoints")
+    last.write_bytes(last.read_bytes()[:100])  # a write cut short
+    with pytest.warns(UserWarning, match=f"{last.name}.*resuming from .*{before.name}"):
+        resumed = Trainer("two-modes-2to1", config).fit(
+            out_dir=tmp_path, resume=True, progress_bar=False
+        )
+    assert_same_run(full, resumed)
+    for _, path in checkpoint_paths(tmp_path / "checkpoints"):  # the control: none reads back
+        path.write_bytes(b"")
+    with pytest.raises(ValueError, match="damaged"):
+        Trainer("two-modes-2to1", config).fit(out_dir=tmp_path, resume=True, progress_bar=False)

@@ -17,7 +17,6 @@ from numpyro_ebm._checks import flag
 from numpyro_ebm._warnings import warn_user
 from numpyro_ebm.training.checkpoint import (
     checkpoint_paths,
-    latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
     write_json,
@@ -231,22 +230,39 @@ def restore_checkpoint(
 
     Returns:
         The state and what was saved with it (no ``best_state``), or ``None`` (with a warning)
-        when the run has no checkpoint.
+        when the run has no checkpoint. A damaged newest checkpoint falls back, with a
+        warning, to the newest one that reads back.
 
     Raises:
-        ValueError: If the checkpoint's state is not at the step its name says, or its traced
-            negatives are damaged.
+        ValueError: If no checkpoint reads back (the newest one's error): a state not at the
+            step its name says, a damaged file, damaged traced negatives.
     """
     checkpoint_dir = out_dir / folder
-    found = latest_checkpoint(checkpoint_dir)
-    if found is None and folder != CHECKPOINT_DIR:
+    found = checkpoint_paths(checkpoint_dir)
+    if not found and folder != CHECKPOINT_DIR:
         return None
-    if found is None:
+    if not found:
         warn_user(
             f"no checkpoint in {str(checkpoint_dir)!r}: starting the run from step 0",
         )
         return None
-    saved_step, path = found
+    # Newest first: a damaged one (a write cut short) falls back to the one before it, which
+    # resumes to the same end; if none loads, the newest's error is the one to see.
+    errors = []
+    for saved_step, path in reversed(found):
+        try:
+            start = _read_checkpoint(path, saved_step, template, dim)
+        except ValueError as error:
+            errors.append(error)
+            continue
+        if errors:
+            warn_user(f"{errors[0]}; resuming from the checkpoint before it, {path.name}")
+        return start
+    raise errors[0]
+
+
+def _read_checkpoint(path: Path, saved_step: int, template: Any, dim: int) -> RunStart:
+    """The run start a checkpoint holds; ``ValueError`` if it does not read back."""
     state = load_checkpoint(path, template)
     meta = read_checkpoint_meta(path.with_suffix(".json"))
     if int(state.step) != saved_step:
