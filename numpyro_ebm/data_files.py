@@ -217,8 +217,16 @@ def load_data(path: str | os.PathLike) -> np.ndarray:
     if not path.exists():
         raise FileNotFoundError(f"no data file at {str(path)!r}")
     header = None
+    if path.is_dir():
+        raise ValueError(f"expected a data file, got a directory: {str(path)!r}")
     if suffix == ".npy":
-        array = np.load(path, allow_pickle=False)
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:
+            raise ValueError(
+                f"expected a NumPy array of numbers in {str(path)!r} (np.save of an (n, d) "
+                f"array), got a file that does not load as one: {error}"
+            ) from error
     else:
         header = _csv_header(path)
         skiprows = 0 if header is None else 1

@@ -53,6 +53,8 @@ def from_numpyro(posterior: Any, **kwargs: Any) -> DataTree:
         ['posterior', 'sample_stats']
     """
     if isinstance(posterior, numpyro.infer.MCMC):
+        if posterior.last_state is None:  # ArviZ fails on its missing `_args`
+            raise ValueError("expected an MCMC after `run`, got one that has not run")
         adapter = arviz_base.MCMCAdapter(posterior)
     elif isinstance(posterior, arviz_base.NumPyroInferenceAdapter):
         adapter = copy.copy(posterior)

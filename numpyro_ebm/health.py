@@ -210,10 +210,13 @@ def check_run(mcmc: Any) -> RunHealth:
     from numpyro_ebm.kernel import FlowMCKernel  # the kernel imports this module
 
     state = getattr(mcmc, "last_state", None)
-    if not isinstance(mcmc.sampler, FlowMCKernel) or state is None:
+    sampler = getattr(mcmc, "sampler", None)
+    if sampler is None:
+        raise TypeError(f"`check_run` takes an MCMC of a FlowMCKernel, got {type(mcmc).__name__}.")
+    if not isinstance(sampler, FlowMCKernel) or state is None:
         raise TypeError(
             "`check_run` takes an MCMC of a FlowMCKernel after `run`; got an MCMC of "
-            f"{type(mcmc.sampler).__name__}" + (" that has not run." if state is None else ".")
+            f"{type(sampler).__name__}" + (" that has not run." if state is None else ".")
         )
     if int(np.asarray(state.i)[0]) <= mcmc.num_warmup:  # NumPyro then returns zeros as draws
         raise ValueError(

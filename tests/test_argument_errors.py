@@ -70,3 +70,36 @@ def test_transposed_data_are_named():
     points = np.random.default_rng(0).normal(size=(100, 2))
     with pytest.warns(UserWarning, match="2 training points of dimension 100.*transposed"):
         training_data(points.T, jax.random.key(0), 0, validation_fraction=0)
+
+
+def test_estimators_and_checks_name_a_mistaken_argument(tmp_path):
+    from flowjax.distributions import Normal
+    from numpyro.infer import MCMC
+
+    from numpyro_ebm import FlowMCKernel
+    from numpyro_ebm.data_files import load_data
+    from numpyro_ebm.diagnostics import from_numpyro
+    from numpyro_ebm.health import check_run
+    from numpyro_ebm.likelihood import heldout_log_likelihood, importance_log_normalizer
+    from numpyro_ebm.plotting import plot_training_curves
+
+    proposal = Normal(jnp.zeros(2))
+    # A vector energy failed in a broadcast inside the estimator's jit.
+    with pytest.raises(ValueError, match=r"return a scalar for one point of shape \(2,\)"):
+        importance_log_normalizer(jax.random.key(0), lambda x: x**2, proposal, 64)
+    with pytest.raises(TypeError, match=r"LogNormalizerEstimate .* got float 1.84"):
+        heldout_log_likelihood(_energy, jnp.zeros((3, 2)), 1.84)
+    with pytest.raises(TypeError, match="check_run` takes an MCMC of a FlowMCKernel, got NoneType"):
+        check_run(None)
+    unrun = MCMC(FlowMCKernel(potential_fn=_energy), num_warmup=1, num_samples=1, num_chains=2)
+    with pytest.raises(ValueError, match="MCMC after `run`, got one that has not run"):
+        from_numpyro(unrun)
+    with pytest.raises(TypeError, match=r"list of per-epoch dicts .* got dict"):
+        plot_training_curves({"epoch": 1, "loss": 0.1}, tmp_path / "t.png")
+    not_numbers = tmp_path / "objects.npy"
+    np.save(not_numbers, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"objects.npy.*does not load as one"):
+        load_data(not_numbers)
+    (tmp_path / "folder.npy").mkdir()
+    with pytest.raises(ValueError, match="a data file, got a directory"):
+        load_data(tmp_path / "folder.npy")

@@ -73,4 +73,13 @@ def check_inputs(potential_fn: Any, proposal: Any, num_samples: Any) -> int:
         raise TypeError(
             f"`proposal` must be a flowjax distribution, got {type(proposal).__name__}."
         )
+    shape = getattr(proposal, "shape", None)
+    if shape is not None:  # U must take one point to a scalar, as the proposal draws them
+        point = jax.ShapeDtypeStruct(tuple(shape), jnp.float32)
+        returned = jax.eval_shape(potential_fn, point).shape
+        if returned != ():
+            raise ValueError(
+                f"expected `potential_fn` to return a scalar for one point of shape "
+                f"{tuple(shape)} (the proposal's), got shape {returned}"
+            )
     return positive_int("num_samples", num_samples, minimum=2)  # 2 for a sample variance

@@ -90,6 +90,11 @@ def heldout_log_likelihood(
     """
     if not callable(potential_fn):
         raise TypeError(f"`potential_fn` must be callable, got {type(potential_fn).__name__}.")
+    if not isinstance(estimate, LogNormalizerEstimate):
+        raise TypeError(
+            "expected `estimate` to be a LogNormalizerEstimate (from log_normalizer), got "
+            f"{type(estimate).__name__} {estimate!r}"
+        )
     data = jnp.asarray(data)
     if data.ndim != 2 or data.shape[0] < 1:
         raise ValueError(f"`data` must have shape (n, d) with n >= 1, got shape {data.shape}.")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,23 @@ from matplotlib.figure import Figure
 from numpyro_ebm.plotting._save import save_figure
 
 __all__ = ["plot_mode_weights", "plot_training_curves"]
+
+
+def _check_history(history: Any) -> list[dict[str, Any]]:
+    """``history`` as a list of per-epoch dicts (a training result's ``history``), or raise.
+
+    Example:
+        >>> _check_history({"epoch": 1, "loss": 0.1})
+        Traceback (most recent call last):
+        ...
+        TypeError: expected a history: a list of per-epoch dicts (a training result's ...
+    """
+    if isinstance(history, Mapping) or not all(isinstance(entry, Mapping) for entry in history):
+        raise TypeError(
+            "expected a history: a list of per-epoch dicts (a training result's `history`), "
+            f"got {type(history).__name__}"
+        )
+    return list(history)
 
 
 def _mode_colors(num_modes: int) -> list[Any]:
@@ -59,7 +76,7 @@ def plot_mode_weights(
         >>> plot_mode_weights(history, out, true_weights=[1 / 3, 2 / 3]).exists()
         True
     """
-    rows = [entry for entry in history if "mode_weights" in entry]
+    rows = [entry for entry in _check_history(history) if "mode_weights" in entry]
     if not rows:
         raise ValueError("expected history entries with `mode_weights`, got none")
     num_modes = len(rows[0]["mode_weights"])
@@ -122,6 +139,7 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathL
         >>> plot_training_curves(history, out).exists()
         True
     """
+    history = _check_history(history)
     epochs = [entry["epoch"] for entry in history]
     validated = [entry for entry in history if _VALIDATION in entry]
     fig = Figure(figsize=(13.5 if validated else 9, 3.5))
