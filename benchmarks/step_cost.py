@@ -44,12 +44,12 @@ def config_for(method: str, dataset: str) -> TrainConfig:
 def seconds_per_step(trainer: Trainer, num_chunks: int) -> float:
     """Median over ``num_chunks`` timed chunks, after one compiling chunk."""
     state = trainer.init_state()
-    state, _ = trainer._run_chunk(state, trainer.data, False)
+    state, _ = trainer._run_chunk(state, False)
     jax.block_until_ready(state)
     times = []
     for _ in range(num_chunks):
         start = time.perf_counter()
-        state, _ = trainer._run_chunk(state, trainer.data, False)
+        state, _ = trainer._run_chunk(state, False)
         jax.block_until_ready(state)
         times.append((time.perf_counter() - start) / trainer.chunk_size)
     return statistics.median(times)

@@ -206,6 +206,14 @@ def chunk_size_for_budget(
         return min(chunk_size, num_particles - 1)
     per_particle = num_walkers * dim * jnp.dtype(dtype).itemsize
     fitting = memory_budget_bytes // (per_particle * _SCRATCH_ARRAYS_PER_PARTICLE)
+    if fitting < 1:
+        needed = per_particle * _SCRATCH_ARRAYS_PER_PARTICLE
+        warn_user(
+            f"one i-SIR particle per walker needs about {needed / 2**20:.0f} MiB of scratch "
+            f"for {num_walkers} walkers in d = {dim}, more than memory_budget_bytes "
+            f"({memory_budget_bytes / 2**20:.0f} MiB): drawing one at a time, over budget. "
+            "Fewer walkers per device, or a larger budget if the device has the memory."
+        )
     if adaptive:
         fitting = min(fitting, -(-(num_particles - 1) // _PARTICLE_COUNTS))
     return int(max(1, min(num_particles - 1, fitting)))

@@ -387,7 +387,14 @@ def test_particle_chunk_respects_the_memory_budget(budget, chunk_size, adaptive,
         particle_chunk_size=chunk_size,
         adapt_num_particles=adaptive,
     )
-    kernel.init(jax.random.split(jax.random.key(0), num_walkers), 0, jnp.zeros((num_walkers, dim)))
+    over_budget = budget < 8 * 1024  # not even one particle fits: said, not silent
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kernel.init(
+            jax.random.split(jax.random.key(0), num_walkers), 0, jnp.zeros((num_walkers, dim))
+        )
+    said = [str(w.message) for w in caught if "more than memory_budget_bytes" in str(w.message)]
+    assert len(said) == int(over_budget)
     chunk = kernel._config.chunk_size
     assert 1 <= chunk <= num_particles - 1
     if expected is not None:
