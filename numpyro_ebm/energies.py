@@ -247,6 +247,8 @@ def energy_factor(name: str, energy: Callable[[jax.Array], jax.Array], x: ArrayL
         >>> log_density(model, (), {}, {})[0]  # -Σᵢ E(xᵢ)
         Array(-6., dtype=float32)
     """
+    if not isinstance(name, str):
+        raise TypeError(f"`name` must be a string (the site's name), got {name!r}.")
     if not callable(energy):
         raise TypeError(f"`energy` must be callable, got {type(energy).__name__}.")
     x = jnp.asarray(x)

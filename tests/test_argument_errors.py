@@ -103,3 +103,18 @@ def test_estimators_and_checks_name_a_mistaken_argument(tmp_path):
     (tmp_path / "folder.npy").mkdir()
     with pytest.raises(ValueError, match="a data file, got a directory"):
         load_data(tmp_path / "folder.npy")
+
+
+def test_settings_and_sites_name_what_is_missing():
+    from numpyro_ebm.energies import energy_factor
+
+    # Said "expected an objective in [...], got None" of a dict without "name".
+    with pytest.raises(
+        ValueError, match=r"objective's dict to name it .* got \{'sampler': 'ula'\}"
+    ):
+        TrainConfig(objective={"sampler": "ula"})
+    # Said "dictionary update sequence element #0 has length 1; 2 is required".
+    with pytest.raises(TypeError, match="a dict of settings, got str 'num_epochs=3'"):
+        TrainConfig.from_dict("num_epochs=3")
+    with pytest.raises(TypeError, match="`name` must be a string"):
+        energy_factor(None, _energy, jnp.zeros(2))  # made a site named None

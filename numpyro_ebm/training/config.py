@@ -260,7 +260,12 @@ class TrainConfig:
 
         Raises:
             ValueError: For an unknown setting.
+            TypeError: If ``settings`` is not a dict.
         """
+        if not isinstance(settings, dict):
+            raise TypeError(
+                f"expected a dict of settings, got {type(settings).__name__} {settings!r}"
+            )
         settings = dict(settings)
         if "objective" not in settings and "sampler" in settings:
             # Written before objectives existed: its sampler settings are pcd's.

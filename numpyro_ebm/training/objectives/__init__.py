@@ -86,7 +86,12 @@ def objective_settings(spec: str | dict[str, Any] | ObjectiveSettings) -> Object
             "expected an objective name, a dict of its settings or an ObjectiveSettings, "
             f"got {type(spec).__name__}"
         )
-    name = spec.get("name")
+    if "name" not in spec:
+        raise ValueError(
+            f'expected the objective\'s dict to name it ("name": one of {sorted(OBJECTIVES)}, '
+            f'e.g. {{"name": "pcd", "sampler": "ula"}}), got {spec!r}'
+        )
+    name = spec["name"]
     if name not in OBJECTIVES:
         raise ValueError(f"expected an objective in {sorted(OBJECTIVES)}, got {name!r}")
     return OBJECTIVES[name].from_dict(spec)
