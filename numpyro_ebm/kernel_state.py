@@ -10,10 +10,12 @@ What only the sampler needs (flow, optimizer, preconditioner, buffer) sits in th
 
 from __future__ import annotations
 
+import sys
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpyro.util
 
 from numpyro_ebm._checks import typed_key
 from numpyro_ebm._pickling import reduce_keeping_layout
@@ -57,6 +59,23 @@ DEFAULT_FIELDS = (
 )
 #: Fields with the walker axis first, which ``MCMC.run(extra_fields=...)`` can collect.
 COLLECTABLE_FIELDS = tuple(name for name in _FlowMCFields._fields if name != "adaptation")
+_ADAPTATION_INDEX = _FlowMCFields._fields.index("adaptation")
+# The functions through which NumPyro's `MCMC` reads the fields named in `extra_fields`.
+_NUMPYRO_FIELD_READERS = frozenset(
+    reader.__code__
+    for reader in (getattr(numpyro.util, "_get_nested_attr", None),)
+    if reader is not None
+)
+
+
+def _not_collectable(name: str) -> ValueError:
+    return ValueError(
+        "expected MCMC.run(extra_fields=...) to name fields of FlowMCKernel's state ("
+        f"{', '.join(COLLECTABLE_FIELDS)}), got {name!r}. NUTS's diverging, num_steps, "
+        "energy and adapt_state have no counterpart: numpyro_ebm.health.check_run(mcmc) "
+        "reports stalled local moves, the global acceptance and R̂; the sampler's own state is "
+        "mcmc.last_state.adaptation."
+    )
 
 
 def per_walker_keys(rng_key: jax.Array, num_walkers: int) -> jax.Array:
@@ -119,13 +138,17 @@ class FlowMCState(_FlowMCFields):
         # NumPyro collects `extra_fields` by attribute, then by item: an unknown name (often
         # one of NUTS's) reaches here, before any iteration runs.
         if isinstance(index, str):
-            raise ValueError(
-                "expected MCMC.run(extra_fields=...) to name fields of FlowMCKernel's state ("
-                f"{', '.join(COLLECTABLE_FIELDS)}), got {index!r}. NUTS's diverging, num_steps, "
-                "energy and adapt_state have no counterpart: numpyro_ebm.health.check_run(mcmc) "
-                "reports stalled local moves, the global acceptance and R̂."
-            )
+            raise _not_collectable(index)
         return super().__getitem__(index)
+
+    @property
+    def adaptation(self) -> FlowMCAdaptation:  # noqa: D102 (documented in the class)
+        # One per run, not per walker: collected per iteration it would hold the whole buffer
+        # each time, and NumPyro's swap of the walker and iteration axes fails only after the
+        # run, losing its draws. Refused when NumPyro reads it, before the first iteration.
+        if sys._getframe(1).f_code in _NUMPYRO_FIELD_READERS:
+            raise _not_collectable("adaptation")
+        return tuple.__getitem__(self, _ADAPTATION_INDEX)
 
     def __reduce__(self):
         # Walkers split over a mesh stay split after unpickling (they came back on one device).

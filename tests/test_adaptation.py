@@ -371,10 +371,14 @@ def test_every_collectable_field_is_collected_with_the_walker_axis(make_key):
     assert len(set(np.asarray(extra["step_size"]).ravel())) == 1  # frozen after warm-up
 
 
-@pytest.mark.parametrize("name", ["diverging", "adapt_state.step_size", "num_steps"])
-def test_a_field_the_state_lacks_is_named_before_any_iteration(name):
+@pytest.mark.parametrize(
+    "name", ["diverging", "adapt_state.step_size", "num_steps", "adaptation", "adaptation.buffer"]
+)
+def test_a_field_that_cannot_be_collected_is_named_before_any_iteration(name):
     # NumPyro looks an unknown field up by item after attribute: on a tuple that was
-    # "TypeError: tuple indices must be integers or slices, not str", naming nothing.
+    # "TypeError: tuple indices must be integers or slices, not str", naming nothing. The
+    # sampler's own state was collected (its whole buffer, each iteration) until the swap of
+    # the walker and iteration axes failed after the run, losing the draws.
     mcmc = vectorized_mcmc(FlowMCKernel(_standard_normal, num_particles=4), 20, 10, 8)
     first = name.split(".")[0]  # NumPyro looks dotted names up one part at a time
     with pytest.raises(ValueError, match=rf"FlowMCKernel's state \(i, z, .*\), got '{first}'"):
