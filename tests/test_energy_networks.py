@@ -233,6 +233,23 @@ def test_resume_with_a_custom_energy_is_exact(tmp_path):
     assert main(["train", "two-modes-2to1", "--out", str(tmp_path / "split"), "--resume"]) == 2
 
 
+def test_a_built_in_network_given_as_a_module_resumes_from_the_command_line(tmp_path):
+    # A user's MLPEnergy was recorded as "custom": the command line then refused to resume or
+    # sample the run although settings.json could rebuild it.
+    config = TrainConfig().with_settings(**MINI, sampler="ula")
+    energy = MLPEnergy(2, width=12, depth=1, key=jax.random.key(0))
+    trainer = Trainer("two-modes-2to1", config, energy=energy)
+    trainer.fit(out_dir=tmp_path / "run", progress_bar=False, num_epochs=1)
+    saved = json.loads((tmp_path / "run" / "settings.json").read_text())["config"]
+    assert (saved["energy"], saved["energy_width"], saved["energy_depth"]) == ("mlp", 12, 1)
+    assert main(["train", "two-modes-2to1", "--out", str(tmp_path / "run"), "--resume"]) == 0
+    # The control: channels the setting "conv" does not build stay a network of one's own.
+    mine = ConvEnergy((2, 2), channels=(3,), key=jax.random.key(0))
+    assert Trainer(np.ones((40, 4)), config, energy=mine).config.energy == "custom"
+    default = ConvEnergy((2, 2), key=jax.random.key(0))
+    assert Trainer(np.ones((40, 4)), config, energy=default).config.energy == "conv"
+
+
 # ---------------------------------------------------------------- saving and loading
 
 

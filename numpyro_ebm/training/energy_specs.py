@@ -109,19 +109,43 @@ def training_energy(
 
     Returns:
         The energy (the user's, checked by :func:`check_energy`, or a new built-in one), and
-        ``config``, with ``energy="custom"`` when the module is the user's.
+        ``config``, naming the built-in setting that rebuilds the user's module where one does
+        (so the command line can resume and sample the run), else ``energy="custom"``.
 
     Example:
         >>> import jax
         >>> from numpyro_ebm.training import TrainConfig
-        >>> mine = ConvEnergy((2, 2), key=jax.random.key(0))
+        >>> mine = ConvEnergy((2, 2), channels=(4,), key=jax.random.key(0))
         >>> training_energy(mine, TrainConfig(), 4, key=jax.random.key(1))[1].energy
         'custom'
+        >>> mine = MLPEnergy(4, width=16, depth=1, key=jax.random.key(0))
+        >>> config = training_energy(mine, TrainConfig(), 4, key=jax.random.key(1))[1]
+        >>> config.energy, config.energy_width, config.energy_depth
+        ('mlp', 16, 1)
     """
     if energy is None:
-        width, depth = config.energy_width, config.energy_depth
-        return build_energy(config.energy, dim, width=width, depth=depth, key=key), config
-    return check_energy(energy, dim), config.replace(energy="custom")
+        return _built_in(config, dim, key), config
+    return check_energy(energy, dim), _setting_rebuilding(energy, config, dim)
+
+
+def _built_in(config: Any, dim: int, key: jax.Array) -> eqx.Module:
+    width, depth = config.energy_width, config.energy_depth
+    return build_energy(config.energy, dim, width=width, depth=depth, key=key)
+
+
+def _setting_rebuilding(energy: eqx.Module, config: Any, dim: int) -> Any:
+    """``config`` with the built-in energy setting of ``energy``'s structure, else "custom"."""
+    spec = energy_spec(energy)
+    if spec["type"] == "mlp":
+        candidate = config.replace(
+            energy="mlp", energy_width=spec["width"], energy_depth=spec["depth"]
+        )
+    elif spec["type"] == "conv":
+        candidate = config.replace(energy="conv")  # square images, default channels
+    else:
+        return config.replace(energy="custom")
+    built = eqx.filter_eval_shape(_built_in, candidate, dim, jax.random.key(0))
+    return candidate if energy_spec(built) == spec else config.replace(energy="custom")
 
 
 def _num_parameters(energy: eqx.Module) -> int:

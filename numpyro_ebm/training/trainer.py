@@ -78,7 +78,7 @@ class Trainer:
         dataset: A :class:`~numpyro_ebm.datasets.Dataset`, a built-in name, a data file path, or
             an array of points ``(n, d)`` in raw units.
         config: The run's settings; ``TrainConfig.for_dimension(d)`` for the data's d by default.
-        energy: Your own energy module instead of ``config.energy``'s (recorded as "custom").
+        energy: Your own module instead of ``config.energy``'s (see ``training_energy``).
         energy_optimizer: The energy's optimizer; ``optax.adam(config.learning_rate)`` by default.
         mesh: Split walkers and batches over this mesh's devices instead of ``config.devices``
             of ``jax.devices()`` (any axis types; all its axes split the walkers).
