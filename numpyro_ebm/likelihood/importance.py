@@ -21,7 +21,12 @@ from numpyro_ebm.likelihood.estimate import (
 )
 from numpyro_ebm.samplers.global_moves import importance_log_weight
 
-__all__ = ["heldout_log_likelihood", "importance_log_normalizer"]
+__all__ = [
+    "heldout_log_likelihood",
+    "importance_log_normalizer",
+    "mean_log_likelihood",
+    "unnormalized_log_densities",
+]
 
 
 @eqx.filter_jit
@@ -98,10 +103,30 @@ def heldout_log_likelihood(
     data = jnp.asarray(data)
     if data.ndim != 2 or data.shape[0] < 1:
         raise ValueError(f"`data` must have shape (n, d) with n >= 1, got shape {data.shape}.")
-    potential_energy = potential_energies(potential_fn, data)
-    log_density = np.where(np.isfinite(potential_energy), -np.asarray(potential_energy), -np.inf)
+    return mean_log_likelihood(unnormalized_log_densities(potential_fn, data), estimate)
+
+
+def unnormalized_log_densities(potential_fn: PotentialFn, data: jax.Array) -> np.ndarray:
+    """−U at each point of ``data`` ``(n, d)``, as float64; −inf where U is not finite."""
+    potential_energy = np.asarray(potential_energies(potential_fn, data), dtype=float)
+    return np.where(np.isfinite(potential_energy), -potential_energy, -np.inf)
+
+
+def mean_log_likelihood(
+    log_density: np.ndarray, estimate: LogNormalizerEstimate
+) -> tuple[float, float]:
+    """Mean of ``log_density − log Ẑ`` over held-out points, and its standard error.
+
+    The standard error is :func:`heldout_log_likelihood`'s.
+
+    Example:
+        >>> exact = LogNormalizerEstimate(1.0, 0.0, 100.0, 100, "importance", "")
+        >>> mean_log_likelihood(np.array([-1.0, -3.0]), exact)
+        (-3.0, 1.0)
+    """
+    num_points = len(log_density)
     mean = float(np.mean(log_density)) - estimate.log_normalizer
     if not math.isfinite(mean):  # zero density somewhere, or log Ẑ infinite: nothing to add
         return mean, math.inf
-    data_variance = float(np.var(log_density, ddof=1)) / len(data) if len(data) > 1 else 0.0
+    data_variance = float(np.var(log_density, ddof=1)) / num_points if num_points > 1 else 0.0
     return mean, math.sqrt(data_variance + estimate.stderr**2)

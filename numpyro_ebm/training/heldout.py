@@ -26,7 +26,8 @@ from numpyro_ebm._checks import positive_int, seed_value, typed_key
 from numpyro_ebm._warnings import warn_user
 from numpyro_ebm.energies import TiltedEnergy
 from numpyro_ebm.flow_base import importance_proposal
-from numpyro_ebm.likelihood import LogNormalizerEstimate, heldout_log_likelihood, log_normalizer
+from numpyro_ebm.likelihood import LogNormalizerEstimate, log_normalizer
+from numpyro_ebm.likelihood.importance import mean_log_likelihood, unnormalized_log_densities
 from numpyro_ebm.preprocessing import Preprocessing
 
 __all__ = ["EXACT_TEST_POINTS", "evaluate_run", "heldout_metrics"]
@@ -127,10 +128,11 @@ def heldout_metrics(
     proposal = importance_proposal(energy, flow, base_scale, preprocessing.dim)
     estimate = log_normalizer(key_normalizer, tilted, proposal, num_samples)
     z = preprocessing.transform(points, key_noise)
-    mean, stderr = heldout_log_likelihood(tilted, z, estimate)
+    log_density = unnormalized_log_densities(tilted, z)
+    mean, stderr = mean_log_likelihood(log_density, estimate)
     raw_mean = mean + preprocessing.log_det_jacobian
     # + log Ẑ: the model's unnormalised log-density at each point, in raw units.
-    log_model = -np.asarray(jax.vmap(tilted)(z), dtype=float) + preprocessing.log_det_jacobian
+    log_model = log_density + preprocessing.log_det_jacobian
     _warn_of_zero_density(log_model)
     exact = {}
     if exact_log_density is not None:
