@@ -31,10 +31,13 @@ its standard error and the importance ESS.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +270,27 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch scheduler's preemption or time limit), handled as Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Raise :class:`_Terminated` on SIGTERM while the command runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``numpyro-ebm`` command line.
 
@@ -275,17 +299,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit status: 0 on success, 2 for bad input or an unusable path (reported on
-        stderr), 130 when interrupted (Ctrl-C; a training run resumes from its checkpoint).
+        stderr), 130 when interrupted (Ctrl-C) and 143 when terminated (SIGTERM); a training
+        run interrupted either way resumes from its last checkpoint.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         commands = {"train": _run_train, "sample": _run_sample, "evaluate": _run_evaluate}
-        return commands[args.command](args)
+        with _sigterm_as_interrupt():
+            return commands[args.command](args)
     except (ValueError, OSError) as error:  # bad input, or a path that cannot be read/written
         print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
+        terminated = isinstance(interrupt, _Terminated)
         hint = " (continue with --resume)" if args.command == "train" else ""
-        print(f"{parser.prog} {args.command}: interrupted{hint}", file=sys.stderr)
-        return 130
+        what = "terminated" if terminated else "interrupted"
+        print(f"{parser.prog} {args.command}: {what}{hint}", file=sys.stderr)
+        return 128 + signal.SIGTERM if terminated else 130

@@ -7,7 +7,10 @@ directory as it was. One tiny ULA run is shared (copied per test).
 """
 
 import json
+import os
 import shutil
+import signal
+import time
 import warnings
 from pathlib import Path
 
@@ -257,6 +260,20 @@ def test_ctrl_c_is_a_one_line_message_not_a_traceback(tmp_path, capsys, monkeypa
     monkeypatch.setattr("numpyro_ebm.training.train", interrupted)
     assert main(["train", DATA, "--fast", "--out", str(tmp_path / "run")]) == 130
     assert capsys.readouterr().err == "numpyro-ebm train: interrupted (continue with --resume)\n"
+
+
+def test_sigterm_is_a_one_line_message_and_the_handler_is_restored(tmp_path, capsys, monkeypatch):
+    # A batch scheduler's preemption (SIGTERM) killed the process with no word of --resume.
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # the handler interrupts this
+        raise AssertionError("SIGTERM was not handled")
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr("numpyro_ebm.training.train", terminated)
+    assert main(["train", DATA, "--fast", "--out", str(tmp_path / "run")]) == 143
+    assert capsys.readouterr().err == "numpyro-ebm train: terminated (continue with --resume)\n"
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def _strict_json(text: str):
