@@ -125,9 +125,6 @@ class FlowMCState(_FlowMCFields):
         stranded: Whether the walker was stranded at the last global move: it sat where the
             flow has almost no mass, so global moves could neither move it nor bring others
             there (see :func:`~numpyro_ebm.samplers.global_moves.stranded_walkers`).
-        adaptation: The sampler's own state: flow parameters, optimizer state, preconditioner,
-            step-size adaptation and the buffer the flow is fitted on (see
-            :class:`~numpyro_ebm.samplers.FlowMCAdaptation`). Not collectable.
         rng_key: One raw ``uint32`` PRNG key per walker (``MCMC.run`` may be given either
             kind of key; NumPyro can only collect raw ones).
     """
@@ -142,7 +139,12 @@ class FlowMCState(_FlowMCFields):
         return super().__getitem__(index)
 
     @property
-    def adaptation(self) -> FlowMCAdaptation:  # noqa: D102 (documented in the class)
+    def adaptation(self) -> FlowMCAdaptation:
+        """The sampler's own state, one per run (not collectable).
+
+        Flow parameters, optimizer state, preconditioner, step-size adaptation and the buffer
+        the flow is fitted on (see :class:`~numpyro_ebm.samplers.FlowMCAdaptation`).
+        """
         # One per run, not per walker: collected per iteration it would hold the whole buffer
         # each time, and NumPyro's swap of the walker and iteration axes fails only after the
         # run, losing its draws. Refused when NumPyro reads it, before the first iteration.

@@ -6,6 +6,7 @@ state, so they work headless and leave an interactive session's backend alone.
 - :func:`plot_energy_landscape`: the model density ``exp(-E_θ) ρ`` normalised on a 2-D grid
   (next to the true density when it is known);
 - :func:`plot_samples`: data against negatives or model draws (first two coordinates);
+- :func:`plot_images`: points of image data (digits, patches) shown as images;
 - :func:`plot_mode_weights`: the model's mode weights over training, with the true weights;
 - :func:`plot_training_curves`: loss, acceptance rates and validation over training.
 

@@ -7,8 +7,8 @@
   paper's), ``ula``, ``mala`` and ``nt``.
 - :mod:`~numpyro_ebm.training.config`: :class:`TrainConfig`.
 - :mod:`~numpyro_ebm.training.step`: :class:`TrainState` and the pure :func:`train_step`.
-- :mod:`~numpyro_ebm.training.trainer`: :class:`Trainer` and :func:`train` (progress bar,
-  history, checkpoints, exact resume).
+- :mod:`~numpyro_ebm.training.trainer`: :class:`Trainer` (progress bar, history,
+  checkpoints, exact resume); :mod:`~numpyro_ebm.training.entry`: :func:`train`.
 - :mod:`~numpyro_ebm.training.evaluation`: the report's metrics;
   :mod:`~numpyro_ebm.training.heldout`: held-out log-likelihood, and :func:`evaluate_run` of a
   saved run.
