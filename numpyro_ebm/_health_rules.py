@@ -162,7 +162,9 @@ def find_problems(
             "local moves are frozen. The potential may be rough, discontinuous or have wrong "
             "gradients, or, with dense_preconditioner=True, flat in some coordinate (an "
             "improper posterior, such as the observed entries of an `obs_mask` site), where "
-            "the walkers drift until it overflows; check the model, or reparameterise it."
+            "the walkers drift until it overflows; check the model, or reparameterise it. A "
+            "potential_fn must be the negative log density (flowMC and emcee take the log "
+            "density itself): one of the wrong sign sends the walkers off to infinity."
         )
     if max_rhat > max_rhat_allowed:
         problems.append(
@@ -188,10 +190,11 @@ def find_problems(
             "of a funnel (a centred hierarchical model, where NUTS reports divergences): only "
             "the flow moves walkers there, and it may underweight that region; reparameterise "
             "the model (numpyro.handlers.reparam with numpyro.infer.reparam.LocScaleReparam(0) "
-            "on the group-level sites). Two other causes: a hard edge of the support that "
-            "depends on the parameters (a Uniform(0, θ) likelihood; many proposals are then "
-            "outside it, see num_nonfinite), where the draws can still be right; or a step size "
-            "not adapted (num_warmup=0 or too short). Compare runs from other seeds."
+            "on the group-level sites). Other causes, where the draws can still be right: a "
+            "hard edge of the support (a bounded potential, or a Uniform(0, θ) likelihood; "
+            "many proposals are then outside it, see num_nonfinite) or tails heavier than a "
+            "Gaussian's (a Student-t with few degrees of freedom); and a step size not adapted "
+            "(num_warmup=0 or too short). Compare runs from other seeds."
         )
     return tuple(problems)
 

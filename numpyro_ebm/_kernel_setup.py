@@ -179,6 +179,19 @@ def kernel_default_flow(flow_seed: int, dim: int, user_options: dict) -> Abstrac
     return default_flow(jax.random.key(flow_seed), dim, **default_flow_options(user_options))
 
 
+def _size_text(num_bytes: int) -> str:
+    """``num_bytes`` in B, KiB, MiB or GiB, three significant digits.
+
+    Example:
+        >>> _size_text(1), _size_text(500), _size_text(3 * 2**19), _size_text(2**30)
+        ('1 B', '500 B', '1.5 MiB', '1 GiB')
+    """
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if num_bytes >= size:
+            return f"{num_bytes / size:.3g} {unit}"
+    return f"{num_bytes} B"
+
+
 def chunk_size_for_budget(
     num_walkers: int,
     dim: int,
@@ -209,9 +222,9 @@ def chunk_size_for_budget(
     if fitting < 1:
         needed = per_particle * _SCRATCH_ARRAYS_PER_PARTICLE
         warn_user(
-            f"one i-SIR particle per walker needs about {needed / 2**20:.0f} MiB of scratch "
+            f"one i-SIR particle per walker needs about {_size_text(needed)} of scratch "
             f"for {num_walkers} walkers in d = {dim}, more than memory_budget_bytes "
-            f"({memory_budget_bytes / 2**20:.0f} MiB): drawing one at a time, over budget. "
+            f"({_size_text(memory_budget_bytes)}): drawing one at a time, over budget. "
             "Fewer walkers per device, or a larger budget if the device has the memory."
         )
     if adaptive:

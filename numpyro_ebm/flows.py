@@ -17,6 +17,7 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -281,6 +282,8 @@ def fit_flow(
     num_steps: int,
     batch_size: int,
     batch_sharding: jax.sharding.Sharding | None = None,
+    row_mask: jax.Array | None = None,
+    batch_transform: Callable[[jax.Array], jax.Array] | None = None,
 ) -> tuple[Any, Any, jax.Array]:
     """Take ``num_steps`` maximum-likelihood steps on mini-batches drawn from ``positions``.
 
@@ -298,6 +301,9 @@ def fit_flow(
         batch_size: Points per step (drawn with replacement).
         batch_sharding: Split each mini-batch over devices this way (data parallelism: every
             device takes the loss gradient of its share, XLA sums them); ``None``: as XLA likes.
+        row_mask: Boolean ``(n,)``: draw only the rows where it is true.
+        batch_transform: Applied to each mini-batch before the flow sees it (e.g. a
+            standardisation), so that ``positions`` need not be transformed and copied whole.
 
     Returns:
         ``(params, opt_state, loss)`` with the loss of the last step.
@@ -314,6 +320,8 @@ def fit_flow(
         True
     """
     finite_rows = jnp.all(jnp.isfinite(positions), axis=-1)
+    if row_mask is not None:
+        finite_rows = finite_rows & row_mask
     # Non-finite rows get zero probability of being drawn; if every row is non-finite the
     # uniform fallback keeps shapes valid and `apply_if_finite` skips the resulting NaN step.
     probabilities = jnp.where(jnp.any(finite_rows), finite_rows / jnp.sum(finite_rows), 1.0)
@@ -325,6 +333,8 @@ def fit_flow(
             key, positions.shape[0], (batch_size,), p=probabilities / probabilities.sum()
         )
         batch = positions[rows]
+        if batch_transform is not None:
+            batch = batch_transform(batch)
         if batch_sharding is not None:
             batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
         loss, grads = loss_and_grad(params, static, batch)

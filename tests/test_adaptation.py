@@ -69,6 +69,18 @@ def test_collapsed_walkers_get_unit_scale():
     loc, scale = ensemble_preconditioner(jnp.full((8, 2), 3.0))
     np.testing.assert_array_equal(loc, [3.0, 3.0])
     np.testing.assert_array_equal(scale, [1.0, 1.0])
+    # Collapsed up to rounding far from the origin too (1e6 + a few float32 ulps).
+    far = 1e6 + jnp.array([0.0, 0.0625, -0.0625, 0.0])[:, None] * jnp.ones(2)
+    np.testing.assert_array_equal(ensemble_preconditioner(far).scale, [1.0, 1.0])
+
+
+@pytest.mark.parametrize(("loc", "sd"), [(5e-7, 1e-9), (0.0, 1e-8), (-3.0, 1e-5)])
+def test_a_tight_but_resolved_spread_keeps_its_scale(loc, sd):
+    # A wavelength of 500 nm known to 1 nm: an absolute floor of 1e-6 gave it scale 1, the
+    # step size then shrank to 1e-18 for every coordinate and the sampler froze.
+    x = loc + sd * jax.random.normal(jax.random.key(2), (4096, 2))
+    scale = ensemble_preconditioner(x).scale
+    np.testing.assert_allclose(scale, sd, rtol=0.05)  # 4096 draws: sd's error about 1.1 %
 
 
 def _dense_example():
@@ -142,11 +154,13 @@ def _preconditioner_after(fit_progress, shift):
     """The preconditioner after an adapting round whose walkers moved by ``shift`` sds."""
     walkers = jax.random.normal(jax.random.key(0), (256, 2))
     state = warmup.init_adaptation(walkers, {}, {}, step_size=0.1, buffer_size=4)
+    state = state._replace(round_index=jnp.int32(3))  # rows 0-2 hold 3 rounds at the start
     config = round_config(fit_patience=50)
     accept = jnp.full(256, 0.5)
     flat = jnp.zeros(2, bool)
+    buffer = warmup.record_round(state.buffer, state.round_index, walkers + shift, True)
     state = warmup.adapt(
-        state._replace(fit_progress=fit_progress), walkers + shift, accept, accept, flat, config
+        state._replace(fit_progress=fit_progress, buffer=buffer), accept, accept, flat, config
     )
     return state.preconditioner
 
@@ -170,8 +184,8 @@ def test_the_preconditioner_freezes_with_the_flow_until_a_new_window():
     # Controls: still fitting, the estimate follows the walkers; moved far, a new window does.
     for progress, shift in ((init_fit_progress(), small), (_plateaued_progress(), far)):
         moved = _preconditioner_after(progress, shift)
-        # Estimated from the 4 buffered rounds (the start) and the moved walkers.
-        np.testing.assert_allclose(moved.loc, start.loc + shift / 5, atol=1e-5)
+        # Estimated from the 4 buffered rounds: 3 at the start, 1 of the moved walkers.
+        np.testing.assert_allclose(moved.loc, start.loc + shift / 4, atol=1e-5)
 
 
 # -- Through MCMC: far, badly scaled, correlated ---------------------------------------------
@@ -228,7 +242,9 @@ def test_the_same_run_without_the_preconditioner_fails(monkeypatch):
     monkeypatch.setattr(
         warmup,
         "ensemble_preconditioner",
-        lambda x, dense=False: identity_preconditioner(x.shape[1], x.dtype, dense=dense),
+        lambda x, dense=False, where=None: identity_preconditioner(
+            x.shape[-1], x.dtype, dense=dense
+        ),
     )
     mean_error, sd_error = _standardised_errors(_far_run())
     assert max(mean_error.max(), sd_error.max()) > 0.1, (mean_error, sd_error)
@@ -302,11 +318,13 @@ def _narrowing_global_accept_prob(seed):
 def test_the_flow_keeps_fitting_while_the_walkers_narrow(monkeypatch, transformer, healthy):
     # With flowjax's softplus scale the fitted flow turned explosive as the walkers narrowed,
     # some buffered points got log-density -inf, every later fit step was skipped and the
-    # global acceptance ended near 0.07 (seeds 0–2 of 3; negative control). With the bounded
-    # scale it is about 0.87 for every seed tried (0–3). 0.5 is far from both.
+    # global acceptance ended near 0.07 (negative control). Since the preconditioner pools
+    # only rounds that were run, it narrows with the walkers sooner and the softplus scale
+    # fails in some seeds only: 0.06 and 0.14 with seeds 1 and 3, 0.87 with 0 and 2. With the
+    # bounded scale it is about 0.87 for every seed tried (0–3). 0.5 is far from both.
     if transformer != "bounded":
         monkeypatch.setattr(flows, "bounded_affine", Affine)
-    assert (_narrowing_global_accept_prob(seed=0) > 0.5) == healthy
+    assert (_narrowing_global_accept_prob(seed=1) > 0.5) == healthy
 
 
 # -- The README's two-mode target away from the origin ----------------------------------------
@@ -581,6 +599,52 @@ def test_few_walkers_keep_a_small_mode():
 
 
 def test_with_the_preconditioner_from_this_round_alone_the_small_mode_is_lost(monkeypatch):
-    monkeypatch.setattr(warmup, "preconditioner_points", lambda state, position: position)
+    def this_round(state):  # recorded in the buffer's row of the round
+        return state.buffer, (
+            jnp.arange(len(state.buffer)) == state.round_index % len(state.buffer)
+        )[:, None]
+
+    monkeypatch.setattr(warmup, "preconditioner_points", this_round)
     share = _positive_share_with_32_walkers()
     assert abs(share - POSITIVE_WEIGHT) > 0.1, share
+
+
+# -- The buffer's first rounds ---------------------------------------------------------------
+
+
+def _ten_observations(y):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
+    with numpyro.plate("n", 10):
+        numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+
+def _sampling_health(num_warmup):
+    """Global acceptance and stranded share of the kept rounds, warm-up as long as the buffer."""
+    kernel = FlowMCKernel(_ten_observations, buffer_size=num_warmup)
+    mcmc = vectorized_mcmc(kernel, num_warmup, 100, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mcmc.run(jax.random.PRNGKey(1), jnp.arange(10.0))
+    extra = mcmc.get_extra_fields()
+    return float(extra["global_accept_prob"].mean()), float(extra["stranded"].mean())
+
+
+def test_the_flow_fits_the_walkers_when_warm_up_is_as_long_as_the_buffer():
+    # The buffer starts as copies of the initial positions. Pooled into the preconditioner, they
+    # held it at the prior's spread (10, the posterior's is 0.3) until the last copy was
+    # overwritten, in the last warm-up round: the flow, which lives in the preconditioned
+    # coordinates, then sat off the walkers for the whole run (global acceptance 0.34, 38 % of
+    # walkers stranded, no warning; the issue's num_warmup = 50 is the default buffer). Over
+    # 3200 kept moves these thresholds are tens of standard errors from either behaviour.
+    for num_warmup in (50, 80):
+        accept, stranded = _sampling_health(num_warmup)
+        assert accept > 0.8 and stranded < 0.05, (num_warmup, accept, stranded)
+
+
+def test_control_the_copies_of_the_initial_positions_pooled_leave_the_flow_off(monkeypatch):
+    def every_row(state):
+        return state.buffer, jnp.ones((len(state.buffer), 1), bool)
+
+    monkeypatch.setattr(warmup, "preconditioner_points", every_row)
+    accept, stranded = _sampling_health(50)
+    assert accept < 0.6 and stranded > 0.15, (accept, stranded)

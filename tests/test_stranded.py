@@ -71,9 +71,9 @@ def _banana(x):
     return 0.5 * x[0] ** 2 + ridge + 0.5 * jnp.sum(x[2:] ** 2)
 
 
-def _ridge_run():
+def _ridge_run(**options):
     """E[x1²]'s z-score against 1, the health report and the kernel's own warnings."""
-    mcmc = vectorized_mcmc(FlowMCKernel(potential_fn=_banana), 1000, 400, _WALKERS)
+    mcmc = vectorized_mcmc(FlowMCKernel(potential_fn=_banana, **options), 1000, 400, _WALKERS)
     init = jax.random.normal(jax.random.key(1), (_WALKERS, _DIM))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -97,16 +97,20 @@ def test_the_ends_of_a_thin_ridge_keep_their_weight():
     assert not any("stranded" in message for message in messages)
 
 
-def test_control_the_old_stopping_rule_loses_the_ends_and_the_health_check_says_so(monkeypatch):
-    def ignore_stranded(progress, global_accept_prob, uncovered=False):
-        return update_fit_progress(progress, global_accept_prob)
+@pytest.mark.parametrize("stranded_rule", [True, False])
+def test_stranded_walkers_keep_the_flow_fitting_past_a_plateau(monkeypatch, stranded_rule):
+    # With fit_patience=5 fitting stops five rounds into a plateau of the global acceptance,
+    # unless walkers are stranded. Measured with this seed: E[x1²]'s z = 0.02 with that rule,
+    # -6.7 without it (the ends lost: the control). Before the preconditioner left out the
+    # buffer's unwritten rows, the plateau rule alone lost the ends at the default patience.
+    if not stranded_rule:
 
-    monkeypatch.setattr(warmup, "update_fit_progress", ignore_stranded)
-    z, health, messages = _ridge_run()
-    assert z < -two_sided_z(ALPHA)  # E[x1²] too small: the ends lost walkers
-    assert health.stranded_fraction > MAX_STRANDED_FRACTION
-    assert any("stranded" in problem for problem in health.problems)
-    assert len(messages) == 1 and "stranded" in messages[0]  # the end-of-warm-up warning
+        def ignore_stranded(progress, global_accept_prob, uncovered=False):
+            return update_fit_progress(progress, global_accept_prob)
+
+        monkeypatch.setattr(warmup, "update_fit_progress", ignore_stranded)
+    z, _, _ = _ridge_run(fit_patience=5)
+    assert (abs(z) < two_sided_z(ALPHA)) == stranded_rule, z
 
 
 # -- EBM training's negatives ----------------------------------------------------------------

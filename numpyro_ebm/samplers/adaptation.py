@@ -5,7 +5,7 @@ single chain only gets from its history. The flowMC round uses it twice:
 
 - **Preconditioning.** An affine map ``x = loc + L u`` with ``loc`` the walkers' mean and
   ``L`` their standard deviations (diagonal, the default) or the Cholesky factor of their
-  covariance (dense), over the buffered rounds and the current one
+  covariance (dense), over the buffered rounds, the current one included
   (:func:`~numpyro_ebm.samplers.warmup.preconditioner_points`). MALA runs in ``u``, which
   is preconditioned MALA with mass matrix ``(L Lᵀ)⁻¹`` in ``x`` (the role of NUTS's adapted
   mass matrix), and the proposal flow is fitted in ``u``, so it follows the walkers wherever
@@ -58,9 +58,10 @@ __all__ = [
 #: Shrinkage of a dense covariance estimate toward its diagonal, as ``n / (n + 5)`` in Stan's
 #: metric adaptation: with few walkers per dimension the sample covariance is singular.
 _DENSE_SHRINKAGE_COUNT = 5.0
-#: Relative spread below which a coordinate counts as collapsed: relative to max(|loc|, 1), so
-#: a posterior far from the origin is not given a scale below float resolution.
-_MIN_RELATIVE_SCALE = 1e-6
+#: Spread, in units of the float resolution at the walkers' mean (eps·|loc|), below which a
+#: coordinate counts as collapsed: all walkers at one value up to rounding. Relative only: an
+#: absolute floor (1e-6 before) froze a posterior whose sd is 1e-9 (a wavelength in metres).
+_COLLAPSED_RESOLUTIONS = 8.0
 #: A window restarts when the walkers' mean moved by more than this many standard deviations
 #: (root mean square over coordinates) since it started ...
 _RESTART_SHIFT = 1.0
@@ -88,15 +89,19 @@ def identity_preconditioner(dim: int, dtype=jnp.float32, *, dense: bool = False)
     return Preconditioner(jnp.zeros(dim, dtype), scale)
 
 
-def ensemble_preconditioner(positions: jax.Array, *, dense: bool = False) -> Preconditioner:
+def ensemble_preconditioner(
+    positions: jax.Array, *, dense: bool = False, where: jax.Array | None = None
+) -> Preconditioner:
     """The walkers' mean and standard deviations (or covariance Cholesky factor).
 
     Non-finite positions are ignored. A dense covariance is shrunk toward its diagonal by
     ``5 / (n + 5)`` with ``n`` walkers, so it is positive definite even when ``n <= dim``.
 
     Args:
-        positions: Walker positions, shape ``(num_walkers, dim)``.
+        positions: Walker positions, shape ``(..., dim)``: the walkers of one round, or a
+            buffer of rounds ``(rounds, walkers, dim)``, pooled without a copy.
         dense: Estimate a full covariance instead of variances.
+        where: Boolean mask broadcastable to ``positions.shape[:-1]``: pool only these.
 
     Returns:
         The preconditioner.
@@ -107,20 +112,28 @@ def ensemble_preconditioner(positions: jax.Array, *, dense: bool = False) -> Pre
         >>> loc, scale = ensemble_preconditioner(x)
         >>> [round(float(v), 1) for v in (*loc, *scale)]
         [3.0, 3.0, 2.0, 2.0]
+        >>> far = x.at[:10].set(1e6)  # left out by the mask
+        >>> bool(jnp.allclose(ensemble_preconditioner(far, where=jnp.arange(4096) >= 10).loc,
+        ...                   ensemble_preconditioner(x[10:]).loc))
+        True
     """
-    finite = jnp.all(jnp.isfinite(positions), axis=1)
+    finite = jnp.all(jnp.isfinite(positions), axis=-1, keepdims=True)
+    if where is not None:
+        finite = finite & jnp.asarray(where)[..., None]
+    axes = tuple(range(positions.ndim - 1))
     count = jnp.maximum(jnp.sum(finite), 1).astype(positions.dtype)
-    safe = jnp.where(finite[:, None], positions, 0.0)
-    loc = jnp.sum(safe, axis=0) / count
-    centred = jnp.where(finite[:, None], positions - loc, 0.0)
-    variance = jnp.sum(centred**2, axis=0) / count
+    loc = jnp.sum(jnp.where(finite, positions, 0.0), axis=axes) / count
+    centred = jnp.where(finite, positions - loc, 0.0)
+    variance = jnp.sum(centred**2, axis=axes) / count
     # A collapsed coordinate (every walker at the same value, as after `init_to_median`) gets
     # scale 1: any scale would do, and the walkers' own spread replaces it within a window.
-    floor = _MIN_RELATIVE_SCALE * jnp.maximum(jnp.abs(loc), 1.0)
-    variance = jnp.where(variance > floor**2, variance, 1.0)
+    resolution = jnp.finfo(positions.dtype)
+    floor = _COLLAPSED_RESOLUTIONS * resolution.eps * jnp.abs(loc)
+    variance = jnp.where((variance > floor**2) & (variance > resolution.tiny), variance, 1.0)
     if not dense:
         return Preconditioner(loc, jnp.sqrt(variance))
-    covariance = centred.T @ centred / count
+    flat = centred.reshape(-1, centred.shape[-1])
+    covariance = flat.T @ flat / count
     weight = count / (count + _DENSE_SHRINKAGE_COUNT)
     covariance = weight * covariance + (1.0 - weight) * jnp.diag(jnp.diag(covariance))
     covariance = covariance + jnp.diag(jnp.maximum(variance - jnp.diag(covariance), 0.0))

@@ -33,7 +33,13 @@ from numpyro_ebm.flows import merge_flow
 from numpyro_ebm.samplers.adaptation import from_latent, precondition_flow, still_fitting, to_latent
 from numpyro_ebm.samplers.global_moves import imh_step, isir_step
 from numpyro_ebm.samplers.langevin import init_walkers, mala_step, nonfinite_to_inf
-from numpyro_ebm.samplers.warmup import FlowMCAdaptation, adapt, count_particles, fit_on_buffer
+from numpyro_ebm.samplers.warmup import (
+    FlowMCAdaptation,
+    adapt,
+    count_particles,
+    fit_on_buffer,
+    record_round,
+)
 
 __all__ = [
     "FlowMCConfig",
@@ -241,13 +247,22 @@ def flowmc_round(
         step_size,
         config.num_local_steps,
     )
-    state = jax.lax.cond(
+    # Written first and kept out of the branches, which only read it: XLA copied the whole
+    # buffer every round when a branch returned it, or when it was read before the write.
+    buffer = record_round(state.buffer, state.round_index, position, adapting)
+    unbuffered = jax.lax.cond(
         adapting,
         lambda: adapt(
-            state, position, accept_prob, global_accept_prob, flat, config, jnp.any(stranded)
-        ),
-        lambda: state,
+            state._replace(buffer=buffer),
+            accept_prob,
+            global_accept_prob,
+            flat,
+            config,
+            jnp.any(stranded),
+        )._replace(buffer=None),
+        lambda: state._replace(buffer=None),
     )
+    state = unbuffered._replace(buffer=buffer)
 
     fit_now = (
         adapting

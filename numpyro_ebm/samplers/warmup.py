@@ -8,6 +8,7 @@ estimators they use are in :mod:`~numpyro_ebm.samplers.adaptation`.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
@@ -37,6 +38,7 @@ __all__ = [
     "adapt",
     "count_particles",
     "fit_on_buffer",
+    "record_round",
     "hold_flat_coordinates",
     "init_adaptation",
     "preconditioner_points",
@@ -134,21 +136,19 @@ def init_adaptation(
 
 def fit_on_buffer(rng_key, state: FlowMCAdaptation, flow_static, config: FlowMCConfig):
     """Fit the flow on the buffer rows written in the current window (others are masked)."""
-    buffer_size, _, dim = state.buffer.shape
-    # Row j was last written at round `round_index - age_j`.
-    age = (state.round_index - jnp.arange(buffer_size)) % buffer_size
-    written_at = state.round_index - age
+    _, num_walkers, dim = state.buffer.shape
+    written_at = _rounds_written(state)
     current = (written_at >= state.window_start) & (written_at >= 0)
-    points = state.buffer
-    if config.standardise_flow:
-        points = to_latent(state.preconditioner, points)
-    points = jnp.where(current[:, None, None], points, jnp.nan).reshape(-1, dim)
+    # Mini-batches are standardised as they are drawn: the buffer is never copied whole.
+    standardise = partial(to_latent, state.preconditioner) if config.standardise_flow else None
     params, opt_state, loss = fit_flow(
         rng_key,
         state.flow_params,
         state.opt_state,
         flow_static,
-        points,
+        state.buffer.reshape(-1, dim),
+        row_mask=jnp.repeat(current, num_walkers),
+        batch_transform=standardise,
         optimizer=config.optimizer,
         num_steps=config.num_fit_steps,
         batch_size=config.fit_batch_size,
@@ -157,15 +157,29 @@ def fit_on_buffer(rng_key, state: FlowMCAdaptation, flow_static, config: FlowMCC
     return params, opt_state, loss.astype(state.buffer.dtype)
 
 
-def preconditioner_points(state: FlowMCAdaptation, position: jax.Array) -> jax.Array:
-    """The positions the preconditioner is estimated from: the buffer's rounds and this one.
+def _rounds_written(state: FlowMCAdaptation) -> jax.Array:
+    """The round at which each buffer row was last written (negative: never), ``(rows,)``."""
+    buffer_size = state.buffer.shape[0]
+    age = (state.round_index - jnp.arange(buffer_size)) % buffer_size
+    return state.round_index - age
+
+
+def preconditioner_points(state: FlowMCAdaptation) -> tuple[jax.Array, jax.Array]:
+    """The positions the preconditioner is estimated from: the buffer's rounds, this one's last.
 
     Not this round's alone: with few walkers a small mode can empty for a while, and an
     estimate from the other walkers would shrink onto them, put that mode out of the flow's
     reach and lose it for good (notebook 01's posterior with 32 walkers lost a mode of weight
-    0.18 in 4 of 6 seeds; in none with the buffer pooled in).
+    0.18 in 4 of 6 seeds; in none with the buffer pooled in). Rows not written yet (the
+    buffer starts as copies of the initial positions) are left out: they held the estimate
+    at the initial spread until the last one was overwritten, and its jump then moved the
+    flow, which lives in the preconditioned coordinates, off the walkers.
+
+    Returns:
+        The buffer ``(rounds, walkers, dim)``, this round recorded by :func:`record_round`,
+        and a mask ``(rounds, 1)`` of the rows to pool.
     """
-    return jnp.concatenate([state.buffer.reshape(-1, position.shape[-1]), position])
+    return state.buffer, (_rounds_written(state) >= 0)[:, None]
 
 
 def _tree_where(condition: jax.Array, if_true: Any, if_false: Any) -> Any:
@@ -208,23 +222,21 @@ def hold_flat_coordinates(
 
 def adapt(
     state: FlowMCAdaptation,
-    position: jax.Array,
     accept_prob: jax.Array,
     global_accept_prob: jax.Array,
     flat: jax.Array,
     config: FlowMCConfig,
     uncovered: jax.Array | bool = False,
 ) -> FlowMCAdaptation:
-    """Record the positions, update the preconditioner, the window and the step size.
+    """Update the preconditioner, the window and the step size, once the round is recorded.
 
     ``flat`` marks the coordinates whose potential gradient was zero at every walker: their
     preconditioner is held (see :func:`hold_flat_coordinates`). ``uncovered`` says that a
     walker was stranded where the flow has almost no mass: fitting goes on (or starts again)
     however flat the global acceptance (see :func:`~.adaptation.update_fit_progress`).
     """
-    estimate = ensemble_preconditioner(
-        preconditioner_points(state, position), dense=config.dense_preconditioner
-    )
+    positions, rows = preconditioner_points(state)
+    estimate = ensemble_preconditioner(positions, dense=config.dense_preconditioner, where=rows)
     if not config.dense_preconditioner:
         estimate = hold_flat_coordinates(estimate, state.preconditioner, flat)
     restart = moved_far(estimate, state.window_reference)
@@ -242,7 +254,7 @@ def adapt(
     # A new window forgets what was learned at the old location and scale: dual averaging and
     # the fitting plateau start again, and the window's reference is the new preconditioner.
     adaptation = unless_restart(adaptation, init_step_size_adaptation(step_size))
-    fit_progress = unless_restart(fit_progress, init_fit_progress(position.dtype))
+    fit_progress = unless_restart(fit_progress, init_fit_progress(state.buffer.dtype))
     # The default flow lives in the preconditioned coordinates: once fitting has stopped they
     # stay as they are until a new window, or the frozen flow would drift off the walkers as
     # the estimate jitters, and the walkers with it.
@@ -250,7 +262,6 @@ def adapt(
     preconditioner = _tree_where(frozen, state.preconditioner, estimate)
     return state._replace(
         fit_progress=fit_progress,
-        buffer=state.buffer.at[state.round_index % len(state.buffer)].set(position),
         step_size=step_size,
         step_size_average=step_size_average,
         step_size_adaptation=adaptation,
@@ -258,6 +269,16 @@ def adapt(
         window_reference=unless_restart(state.window_reference, estimate),
         window_start=jnp.where(restart, state.round_index, state.window_start),
     )
+
+
+def record_round(buffer: jax.Array, round_index: jax.Array, position: jax.Array, adapting):
+    """``buffer`` with this round's ``position`` written in its row if ``adapting``.
+
+    Written in place by XLA, outside the branch that adapts: a ``lax.cond`` returning the
+    buffer copied all of it every round, sampling rounds included.
+    """
+    row = round_index % buffer.shape[0]
+    return buffer.at[row].set(jnp.where(adapting, position, buffer[row]))
 
 
 def count_particles(
