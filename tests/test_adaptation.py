@@ -31,15 +31,13 @@ from numpyro_ebm.samplers.adaptation import (
     ensemble_preconditioner,
     from_latent,
     identity_preconditioner,
-    init_fit_progress,
     init_step_size_adaptation,
     moved_far,
     precondition_flow,
-    still_fitting,
     to_latent,
-    update_fit_progress,
     update_step_size,
 )
+from numpyro_ebm.samplers.fit_progress import init_fit_progress, still_fitting, update_fit_progress
 
 ALPHA = 1e-3  # family-wise false-alarm rate of each statistical test
 

@@ -1,5 +1,7 @@
 """Coordinates the potential does not depend on: NumPyro's ``obs_mask`` imputation.
 
+And coordinates with a zero gradient that are not improper: inside a hard box.
+
 ``numpyro.sample("y", d, obs=y, obs_mask=mask)`` makes a latent ``y_unobserved`` of the full
 shape whose observed entries have no density: the posterior is flat (improper) in them. The
 walkers spread there without bound, as NUTS's chains do; what matters is that the identified
@@ -9,12 +11,14 @@ parameters come out right and the local moves keep working.
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from _targets import vectorized_mcmc
 from numpyro.diagnostics import effective_sample_size
 
+import numpyro_ebm.samplers.flowmc as flowmc
 import numpyro_ebm.samplers.warmup as warmup
 from numpyro_ebm import FlowMCKernel
 
@@ -65,3 +69,35 @@ def test_flat_coordinates_leave_the_identified_parameters_right(monkeypatch):
     monkeypatch.setattr(warmup, "hold_flat_coordinates", lambda estimate, *_: estimate)
     _, collapsed = _run()
     assert collapsed < 1e-7
+
+
+def _box(x):
+    """U = ∞ outside [0, 10]⁴; inside, only x₀ enters: x₁..x₃ are uniform (sd 10/√12)."""
+    inside = jnp.all((x > 0.0) & (x < 10.0))
+    return jnp.where(inside, 0.5 * (x[0] - 5.0) ** 2, jnp.inf)
+
+
+def _box_scales():
+    """The preconditioner's scales of x₁..x₃ after warm-up, walkers started 0.1 from the centre."""
+    start = 5.0 + jax.random.uniform(jax.random.PRNGKey(1), (64, 4), minval=-0.1, maxval=0.1)
+    mcmc = vectorized_mcmc(FlowMCKernel(potential_fn=_box), 300, 10, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the control's walkers do not mix
+        mcmc.run(jax.random.PRNGKey(0), init_params=start)
+    return np.asarray(mcmc.last_state.adaptation.preconditioner.scale)[1:]
+
+
+def test_a_hard_box_is_not_improper(monkeypatch):
+    # flowMC users write bounded priors as an infinite potential outside a box. The zero
+    # gradient inside held the preconditioner of x₁..x₃ at the start's spread (0.058) for the
+    # whole warm-up: 33-58 % of walkers stranded, Var(x₁) 7.7 against 8.33. The box's edge
+    # makes the potential infinite 1000 scales away: not improper. The scales now come out
+    # near 2.89 (an ensemble estimate from the buffer's thousands of positions).
+    scales = _box_scales()
+    assert np.all((scales > 2.3) & (scales < 3.5)), scales
+    # Control: every flat coordinate held, as before.
+    monkeypatch.setattr(
+        flowmc, "unbounded_coordinates", lambda potential_fn, x, p: jnp.ones(x.shape, bool)
+    )
+    held = _box_scales()
+    assert np.all(held < 0.5), held

@@ -23,7 +23,7 @@ from numpyro_ebm.energies import MLPEnergy
 from numpyro_ebm.flow_base import FlowBaseEnergy
 from numpyro_ebm.health import MAX_STRANDED_FRACTION, check_run
 from numpyro_ebm.samplers import warmup
-from numpyro_ebm.samplers.adaptation import init_fit_progress, still_fitting, update_fit_progress
+from numpyro_ebm.samplers.fit_progress import init_fit_progress, still_fitting, update_fit_progress
 from numpyro_ebm.samplers.global_moves import imh_step, isir_step
 from numpyro_ebm.training.negatives import flowmc_sampler
 

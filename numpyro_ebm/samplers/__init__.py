@@ -3,6 +3,7 @@
 - :mod:`~numpyro_ebm.samplers.langevin`: MALA and ULA local moves.
 - :mod:`~numpyro_ebm.samplers.global_moves`: i-SIR and independent MH with a flow proposal.
 - :mod:`~numpyro_ebm.samplers.adaptation`: the ensemble preconditioner and step-size adaptation.
+- :mod:`~numpyro_ebm.samplers.fit_progress`: when to stop fitting the flow.
 - :mod:`~numpyro_ebm.samplers.warmup`: the adaptation state of a run and its update.
 - :mod:`~numpyro_ebm.samplers.flowmc`: the flowMC round combining both, with adaptation.
 """

@@ -30,7 +30,8 @@ import optax
 
 from numpyro_ebm._checks import typed_key
 from numpyro_ebm.flows import merge_flow
-from numpyro_ebm.samplers.adaptation import from_latent, precondition_flow, still_fitting, to_latent
+from numpyro_ebm.samplers.adaptation import from_latent, precondition_flow, to_latent
+from numpyro_ebm.samplers.fit_progress import still_fitting
 from numpyro_ebm.samplers.global_moves import imh_step, isir_step
 from numpyro_ebm.samplers.langevin import init_walkers, mala_step, nonfinite_to_inf
 from numpyro_ebm.samplers.warmup import (
@@ -39,6 +40,7 @@ from numpyro_ebm.samplers.warmup import (
     count_particles,
     fit_on_buffer,
     record_round,
+    unbounded_coordinates,
 )
 
 __all__ = [
@@ -246,6 +248,13 @@ def flowmc_round(
         state.preconditioner,
         step_size,
         config.num_local_steps,
+    )
+    # A zero gradient at every walker is improper flatness only if the potential stays the
+    # same far along the coordinate (inside a hard box it is zero too).
+    flat = jax.lax.cond(
+        adapting & jnp.any(flat),
+        lambda: flat & unbounded_coordinates(potential_fn, position[0], state.preconditioner),
+        lambda: flat,
     )
     # Written first and kept out of the branches, which only read it: XLA copied the whole
     # buffer every round when a branch returned it, or when it was read before the write.

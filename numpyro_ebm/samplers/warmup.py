@@ -8,6 +8,7 @@ estimators they use are in :mod:`~numpyro_ebm.samplers.adaptation`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -16,18 +17,21 @@ import jax.numpy as jnp
 
 from numpyro_ebm.flows import fit_flow
 from numpyro_ebm.samplers.adaptation import (
-    FitProgress,
     Preconditioner,
     ensemble_preconditioner,
-    init_fit_progress,
     init_step_size_adaptation,
     moved_far,
     particle_chunks_per_cost,
+    preconditioner_scales,
+    to_latent,
+    update_step_size,
+)
+from numpyro_ebm.samplers.fit_progress import (
+    FitProgress,
+    init_fit_progress,
     smooth_accept_prob,
     still_fitting,
-    to_latent,
     update_fit_progress,
-    update_step_size,
 )
 
 if TYPE_CHECKING:  # the round's configuration; flowmc imports this module
@@ -40,6 +44,7 @@ __all__ = [
     "fit_on_buffer",
     "record_round",
     "hold_flat_coordinates",
+    "unbounded_coordinates",
     "init_adaptation",
     "preconditioner_points",
 ]
@@ -187,18 +192,60 @@ def _tree_where(condition: jax.Array, if_true: Any, if_false: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(condition, a, b), if_true, if_false)
 
 
+#: How far, in preconditioner scales, :func:`unbounded_coordinates` looks along a coordinate.
+_PROBE_REACH = 1e3
+
+
+def unbounded_coordinates(
+    potential_fn: Callable[[jax.Array], jax.Array],
+    position: jax.Array,
+    preconditioner: Preconditioner,
+) -> jax.Array:
+    """Which coordinates leave the potential unchanged ``1000`` scales away on both sides.
+
+    A zero gradient at every walker does not make a coordinate improper: inside a hard box
+    (a potential that is infinite outside it, as flowMC users write bounded priors) the
+    gradient is zero too. Only a coordinate along which the potential stays the same far away
+    is held (:func:`hold_flat_coordinates`); a box's edge makes it infinite there.
+
+    Args:
+        potential_fn: ``U`` of one position ``(d,)``.
+        position: One walker's position ``(d,)``.
+        preconditioner: The scales that set how far to look.
+
+    Returns:
+        Boolean ``(d,)``. Costs ``2 d`` potential evaluations.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> box = lambda x: jnp.where(jnp.all(jnp.abs(x) < 10), 0.5 * x[0] ** 2, jnp.inf)
+        >>> scales = Preconditioner(jnp.zeros(3), jnp.ones(3))
+        >>> unbounded_coordinates(box, jnp.zeros(3), scales).tolist()
+        [False, False, False]
+        >>> unbounded_coordinates(lambda x: 0.5 * x[0] ** 2, jnp.zeros(3), scales).tolist()
+        [False, True, True]
+    """
+    reach = _PROBE_REACH * jnp.diag(preconditioner_scales(preconditioner))
+    probes = jnp.concatenate([position + reach, position - reach])
+    here = potential_fn(position)
+    there = jax.vmap(potential_fn)(probes).reshape(2, -1)
+    tolerance = 1e-6 * jnp.maximum(jnp.abs(here), 1.0)
+    return jnp.all(jnp.isfinite(there) & (jnp.abs(there - here) <= tolerance), axis=0)
+
+
 def hold_flat_coordinates(
     estimate: Preconditioner, previous: Preconditioner, flat: jax.Array
 ) -> Preconditioner:
     """``estimate``, except in the ``flat`` coordinates, where ``previous`` is kept.
 
-    A coordinate on which the potential does not depend (its gradient is zero at every
-    walker, as for the observed entries of a site with NumPyro's ``obs_mask``) makes the
-    target improper: the walkers spread there without bound. Re-estimated from that spread,
-    the preconditioner widens the steps, which widen the spread, round after round, until the
-    potential overflows and the step size of every coordinate collapses. Held, it leaves the
-    flat coordinates to spread slowly and the others to adapt. Flat coordinates are detected
-    with the diagonal preconditioner only (a dense one mixes the gradient's coordinates).
+    A coordinate on which the potential does not depend (its gradient is zero at every walker
+    and :func:`unbounded_coordinates` finds it unchanged far away, as for the observed entries
+    of a site with NumPyro's ``obs_mask``) makes the target improper: the walkers spread there
+    without bound. Re-estimated from that spread, the preconditioner widens the steps, which
+    widen the spread, round after round, until the potential overflows and the step size of
+    every coordinate collapses. Held, it leaves the flat coordinates to spread slowly and the
+    others to adapt. Flat coordinates are detected with the diagonal preconditioner only (a
+    dense one mixes the gradient's coordinates).
 
     Args:
         estimate: The preconditioner estimated from the walkers now.
@@ -233,7 +280,7 @@ def adapt(
     ``flat`` marks the coordinates whose potential gradient was zero at every walker: their
     preconditioner is held (see :func:`hold_flat_coordinates`). ``uncovered`` says that a
     walker was stranded where the flow has almost no mass: fitting goes on (or starts again)
-    however flat the global acceptance (see :func:`~.adaptation.update_fit_progress`).
+    however flat the global acceptance (see :func:`~.fit_progress.update_fit_progress`).
     """
     positions, rows = preconditioner_points(state)
     estimate = ensemble_preconditioner(positions, dense=config.dense_preconditioner, where=rows)
