@@ -3,7 +3,7 @@
 Fitting costs most of a warm-up round (``num_fit_steps`` Adam steps). It stops once the
 smoothed mean global acceptance has not gained for ``fit_patience`` rounds, unless the flow is
 still being learnt (acceptance under 0.1) or a walker is stranded where the flow has almost no
-mass (:func:`update_fit_progress`). Re-exported by :mod:`~numpyro_ebm.samplers.adaptation`.
+mass (:func:`update_fit_progress`).
 """
 
 from __future__ import annotations

@@ -250,12 +250,14 @@ def flowmc_round(
         config.num_local_steps,
     )
     # A zero gradient at every walker is improper flatness only if the potential stays the
-    # same far along the coordinate (inside a hard box it is zero too).
-    flat = jax.lax.cond(
-        adapting & jnp.any(flat),
-        lambda: flat & unbounded_coordinates(potential_fn, position[0], state.preconditioner),
-        lambda: flat,
-    )
+    # same far along the coordinate (inside a hard box it is zero too). Only a diagonal
+    # preconditioner holds flat coordinates: a dense one needs no probe.
+    if not config.dense_preconditioner:
+        flat = jax.lax.cond(
+            adapting & jnp.any(flat),
+            lambda: flat & unbounded_coordinates(potential_fn, position[0], state.preconditioner),
+            lambda: flat,
+        )
     # Written first and kept out of the branches, which only read it: XLA copied the whole
     # buffer every round when a branch returned it, or when it was read before the write.
     buffer = record_round(state.buffer, state.round_index, position, adapting)
