@@ -186,7 +186,8 @@ def num_walkers_of(rng_key: jax.Array) -> int:
 
     Raises:
         TypeError: If ``rng_key`` is not a key (``MCMC.run(0)``).
-        ValueError: If ``rng_key`` is a single key (one chain, or chains not vectorized).
+        ValueError: If ``rng_key`` is a single key (one chain, chains not vectorized, or a raw
+            key of a non-default PRNG implementation, which NumPyro does not split).
     """
     if not isinstance(rng_key, jax.Array | np.ndarray):
         raise TypeError(
@@ -198,6 +199,13 @@ def num_walkers_of(rng_key: jax.Array) -> int:
             "FlowMCKernel is an ensemble kernel: its walkers are NumPyro's chains and share "
             "one flow. Use MCMC(..., num_chains=W, chain_method='vectorized') with W >= 2; "
             "got a single chain's key (num_chains=1 or chain_method other than 'vectorized')."
+        )
+    if rng_key.ndim != 2 and not jax.dtypes.issubdtype(rng_key.dtype, jax.dtypes.prng_key):
+        raise ValueError(
+            "expected one PRNG key per walker from MCMC; got a single raw key of shape "
+            f"{rng_key.shape}. NumPyro splits a raw `jax.random.PRNGKey` into chains only for "
+            "JAX's default threefry implementation (shape (2,)); with jax_default_prng_impl="
+            f"{jax.config.jax_default_prng_impl!r}, pass a typed key: jax.random.key(0)."
         )
     return int(rng_key.shape[0])
 

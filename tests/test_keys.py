@@ -190,6 +190,16 @@ def test_mcmc_runs_with_typed_keys_of_another_prng_implementation(impl):
     assert str(jax.random.key_impl(typed_key(mcmc.last_state.rng_key[0], impl))) == impl
 
 
+def test_a_raw_key_numpyro_does_not_split_gets_a_clear_error():
+    # Under jax_default_prng_impl="rbg", `jax.random.PRNGKey(0)` has shape (4,) and NumPyro's
+    # MCMC hands it to the kernel unsplit; its first element used to be split as a key (JAX:
+    # "invalid PRNG key data: expected key_data.ndim >= 1"). The typed key of the same
+    # implementation runs (test above).
+    with jax.default_prng_impl("rbg"):
+        with pytest.raises(ValueError, match=r"single raw key of shape \(4,\).*jax.random.key"):
+            _cheap_mcmc().run(jax.random.PRNGKey(0))
+
+
 # -- Training and sampling trained models --------------------------------------------------
 
 
