@@ -81,6 +81,38 @@ def test_a_tight_but_resolved_spread_keeps_its_scale(loc, sd):
     np.testing.assert_allclose(scale, sd, rtol=0.05)  # 4096 draws: sd's error about 1.1 %
 
 
+@pytest.mark.parametrize("dense", [False, True])
+def test_a_spread_whose_square_overflows_float32_keeps_its_scale(dense):
+    # Distances in metres: a spread of 1e19 squares past float32's 3.4e38. The variance was
+    # inf, every walker's flow density 0, and no walker ever moved.
+    cov = np.array([[1.0, -0.5], [-0.5, 4.0]])
+    x = jax.random.multivariate_normal(jax.random.key(4), jnp.zeros(2), cov, (4096,))
+    x = 1e20 + 1e19 * x
+    scale = ensemble_preconditioner(x, dense=dense).scale
+    assert bool(jnp.all(jnp.isfinite(scale)))
+    estimate = np.diag(np.asarray(scale, np.float64) ** 2)
+    if dense:
+        estimate = np.asarray(scale, np.float64) @ np.asarray(scale, np.float64).T
+    expected = 1e38 * (cov if dense else np.diag(np.diag(cov)))
+    np.testing.assert_allclose(estimate / 1e38, expected / 1e38, atol=0.25)  # 4096 draws
+
+
+def test_a_posterior_in_metres_is_sampled_in_float32():
+    # The same spread end to end: a distance of 1e20 m measured to 1e18 m.
+    def model():
+        distance = numpyro.sample("d", dist.Normal(1e20, 1e19))
+        numpyro.sample("d_obs", dist.Normal(distance, 1e18), obs=1.05e20)
+
+    precision = 1e-38 + 1e-36
+    mean, sd = (1e20 * 1e-38 + 1.05e20 * 1e-36) / precision, precision**-0.5
+    mcmc = vectorized_mcmc(FlowMCKernel(model), 200, 200, 64)
+    mcmc.run(jax.random.PRNGKey(0))
+    draws = np.asarray(mcmc.get_samples(group_by_chain=True)["d"], np.float64)
+    assert np.mean(draws[:, 1:] != draws[:, :-1]) > 0.5  # was 0: nothing moved
+    assert abs(draws.mean() - mean) < 0.1 * sd  # 5 MCSEs for any ESS above 2500
+    assert 0.9 < draws.std() / sd < 1.1
+
+
 def _dense_example():
     return Preconditioner(jnp.array([2.0, -1.0]), jnp.array([[2.0, 0.0], [-0.7, 0.3]]))
 

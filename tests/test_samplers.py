@@ -279,6 +279,23 @@ def test_global_moves_never_pick_nonfinite_and_count_them(move):
     assert abs(z) < two_sided_z(ALPHA)
 
 
+@pytest.mark.parametrize("move", ["isir", "imh"])
+def test_a_weightless_walker_offered_nothing_valid_reports_no_move(move):
+    # Regression: i-SIR reported acceptance 1 for a walker of weight 0 whatever it was offered,
+    # so a run where nothing moved (a flow of infinite scale) showed a global acceptance of 1.
+    x = jnp.full((6, 2), -1.0)  # U is NaN there, as everywhere this flow proposes
+    energy = init_walkers(x, _half_valid).potential_energy
+    flow = Normal(jnp.full(2, -5.0), 0.1 * jnp.ones(2))
+    options = dict(num_particles=8, chunk_size=4) if move == "isir" else {}
+    step = _jit_global(
+        isir_step if move == "isir" else imh_step, flow, potential_fn=_half_valid, **options
+    )
+    new_x, _, info = step(jax.random.key(3), x, energy)
+    np.testing.assert_array_equal(new_x, x)
+    np.testing.assert_array_equal(info.accepted, False)
+    np.testing.assert_array_equal(info.accept_prob, 0.0)
+
+
 def test_chunked_and_unchunked_isir_pick_the_same_distribution():
     # Target N(0.5, 0.7²) in 1-D, proposal N(0, 1.5²), walkers at exact draws. Chunks of 3 for
     # N − 1 = 7 fresh particles (last chunk ragged) against one chunk of 7: the new positions

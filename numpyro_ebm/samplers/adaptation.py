@@ -120,20 +120,28 @@ def ensemble_preconditioner(
     count = jnp.maximum(jnp.sum(finite), 1).astype(positions.dtype)
     loc = jnp.sum(jnp.where(finite, positions, 0.0), axis=axes) / count
     centred = jnp.where(finite, positions - loc, 0.0)
-    variance = jnp.sum(centred**2, axis=axes) / count
+    # Scaled before squaring: float32 squares overflow past 1.8e19 (a distance in metres).
+    unit = jnp.max(jnp.abs(centred), axis=axes)
+    unit = jnp.where(unit > 0, unit, 1.0)
+    scale = unit * jnp.sqrt(jnp.sum((centred / unit) ** 2, axis=axes) / count)
     # A collapsed coordinate (every walker at the same value, as after `init_to_median`) gets
     # scale 1: any scale would do, and the walkers' own spread replaces it within a window.
     resolution = jnp.finfo(positions.dtype)
     floor = _COLLAPSED_RESOLUTIONS * resolution.eps * jnp.abs(loc)
-    variance = jnp.where((variance > floor**2) & (variance > resolution.tiny), variance, 1.0)
+    resolved = (scale > floor) & (scale > jnp.sqrt(resolution.tiny))
+    scale = jnp.where(resolved, scale, 1.0)
     if not dense:
-        return Preconditioner(loc, jnp.sqrt(variance))
-    flat = centred.reshape(-1, centred.shape[-1])
+        return Preconditioner(loc, scale)
+    # The covariance of the walkers in units of their spread, C = D C_u D with D = diag(unit):
+    # its Cholesky factor is D chol(C_u), and no entry of C is ever formed.
+    unit = jnp.where(resolved, unit, 1.0)
+    flat = (centred / unit).reshape(-1, centred.shape[-1])
     covariance = flat.T @ flat / count
     weight = count / (count + _DENSE_SHRINKAGE_COUNT)
     covariance = weight * covariance + (1.0 - weight) * jnp.diag(jnp.diag(covariance))
+    variance = (scale / unit) ** 2
     covariance = covariance + jnp.diag(jnp.maximum(variance - jnp.diag(covariance), 0.0))
-    return Preconditioner(loc, jnp.linalg.cholesky(covariance))
+    return Preconditioner(loc, unit[:, None] * jnp.linalg.cholesky(covariance))
 
 
 def to_latent(preconditioner: Preconditioner, position: jax.Array) -> jax.Array:

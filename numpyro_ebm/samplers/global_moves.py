@@ -242,10 +242,15 @@ def isir_step(
 
 
 def _move_prob(current_log_weight: jax.Array, log_total: jax.Array) -> jax.Array:
-    """P(pick != current) = 1 - w_current / Σ w; a current state of weight 0 always moves."""
+    """P(pick != current) = 1 - w_current / Σ w.
+
+    A current state of weight 0 moves to any particle of positive weight; if no particle has
+    one (a flow with no finite density, say), it stays: probability 0, not 1.
+    """
     current_log_weight = current_log_weight.reshape(-1, *(1,) * (log_total.ndim - 1))
     stay_prob = jnp.exp(current_log_weight - log_total)
-    accept_prob = jnp.where(jnp.isfinite(current_log_weight), 1.0 - stay_prob, 1.0)
+    weightless_moves = (log_total > -jnp.inf).astype(stay_prob.dtype)
+    accept_prob = jnp.where(jnp.isfinite(current_log_weight), 1.0 - stay_prob, weightless_moves)
     return jnp.where(jnp.isnan(accept_prob), 0.0, accept_prob)
 
 
