@@ -116,6 +116,18 @@ def test_training_data_that_does_not_vary_is_named():
         Trainer(np.full((50, 2), 0.5), TrainConfig("pcd", **SMALL))
 
 
+@pytest.mark.parametrize("preprocess", ["auto", "none"])
+def test_a_constant_column_is_named(preprocess):
+    # A column fixed at 2.5 beside two that vary: the density had no width along it, and the
+    # validation log-likelihood climbed every epoch (-4.1, -1.7, ..., +1.3), each a new best.
+    points = np.random.default_rng(0).normal(size=(200, 3)) * [50.0, 0.01, 1.0] + [1e3, 0, 0]
+    points[:, 1] = 2.5
+    with pytest.raises(ValueError, match=r"column\(s\) 1 constant over its \d+ training points"):
+        Trainer(points, TrainConfig("pcd", **SMALL, preprocess=preprocess))
+    points[:, 1] += np.random.default_rng(1).normal(size=200)  # control: it varies
+    Trainer(points, TrainConfig("pcd", **SMALL, preprocess=preprocess))
+
+
 def test_resume_refuses_other_data_behind_the_same_path(tmp_path):
     path, out = tmp_path / "points.npy", tmp_path / "run"
     config = TrainConfig("pcd", **SMALL).with_settings(sampler="ula", num_walkers=16)

@@ -117,8 +117,8 @@ def training_data(
         raw, raw_validation = _split(dataset, key_split, validation_fraction)
     if raw.shape[0] <= raw.shape[1]:
         warn_user(
-            f"{spec!r} has {raw.shape[0]} training points of dimension {raw.shape[1]}: fewer "
-            "points than dimensions. Is the array transposed? Points are rows, (n, d)."
+            f"{spec!r} has {raw.shape[0]} training points of dimension {raw.shape[1]}: no "
+            "more points than dimensions. Is the array transposed? Points are rows, (n, d)."
         )
     if preprocess == "none" or (preprocess == "auto" and dataset.data is None):
         preprocessing = Preprocessing.identity(raw.shape[1])
@@ -136,11 +136,30 @@ def training_data(
                 f"expected training data that varies, got {len(raw)} training points of "
                 f"{spec!r} that are all the same point: there is no density to learn"
             )
+    _check_no_constant_column(data, spec)
     if preprocess == "none":
         _warn_if_far_from_origin(data, spec)
     return TrainingData(
         dataset, spec, jnp.asarray(data), float(base_scale), preprocessing, validation
     )
+
+
+def _check_no_constant_column(data: np.ndarray, spec: str) -> None:
+    """Refuse training points with a coordinate that never varies (after preprocessing).
+
+    A density has no width along such a coordinate: the model's log-likelihood there grows
+    without bound as it learns, and every validation looks like a new best.
+    """
+    data = np.asarray(data)
+    constant = np.flatnonzero(np.all(data == data[:1], axis=0))
+    if len(data) > 1 and 0 < len(constant) < data.shape[1]:
+        shown = ", ".join(str(int(column)) for column in constant[:10])
+        more = f" and {len(constant) - 10} more" if len(constant) > 10 else ""
+        raise ValueError(
+            f"expected every coordinate of {spec!r} to vary, got column(s) {shown}{more} "
+            f"constant over its {len(data)} training points: a density has no width there "
+            "(its log-likelihood grows without bound). Drop those columns."
+        )
 
 
 #: Distance of the data from the origin, in units of their spread, above which untransformed
