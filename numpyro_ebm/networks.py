@@ -15,6 +15,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from numpyro_ebm._checks import positive_int, typed_key
@@ -33,7 +34,9 @@ def check_energy(energy: Any, dim: int) -> eqx.Module:
         dim: Dimension d of a point.
 
     Returns:
-        ``energy``, unchanged.
+        ``energy`` itself if it holds no NumPy array; otherwise a copy with them as JAX arrays
+        (weights drawn with ``np.random`` are float64 arrays that JAX trains as float32: a
+        checkpoint written from them would not load into a freshly built module otherwise).
 
     Raises:
         TypeError: If it is not an ``eqx.Module``, not callable, or returns something other than
@@ -85,6 +88,8 @@ def check_energy(energy: Any, dim: int) -> eqx.Module:
         )
     if not jnp.issubdtype(out.dtype, jnp.floating):
         raise TypeError(f"expected `energy` to return a float, got {name} returning {out.dtype}")
+    if any(isinstance(leaf, np.ndarray) for leaf in jax.tree.leaves(energy)):
+        energy = jax.tree.map(lambda x: jnp.asarray(x) if isinstance(x, np.ndarray) else x, energy)
     return energy
 
 

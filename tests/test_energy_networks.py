@@ -292,6 +292,30 @@ def test_custom_energy_round_trips_with_a_template_and_is_a_clear_error_without(
         save_model(tmp_path / "other", jnp.sum, 2.0, dim=3)
 
 
+class NumpyEnergy(eqx.Module):
+    """A user's energy whose weights come from ``np.random``: float64 NumPy leaves."""
+
+    weights: np.ndarray
+
+    def __init__(self, dim, seed=0):
+        self.weights = np.random.default_rng(seed).normal(size=dim)
+
+    def __call__(self, x):
+        return jnp.sum(self.weights * x**2)
+
+
+def test_an_energy_with_numpy_weights_trains_saves_and_loads_into_a_fresh_instance(tmp_path):
+    # Regression: training turned the float64 NumPy weights into float32 JAX arrays, and the
+    # checkpoint then did not load into a fresh instance ("changed dtype from float64").
+    checked = check_energy(NumpyEnergy(3), 3)
+    assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(checked))
+    np.testing.assert_allclose(checked.weights, NumpyEnergy(3).weights, rtol=1e-6)
+    save_model(tmp_path, _perturbed(checked), 2.0, dim=3)
+    x = jax.random.normal(jax.random.key(4), (6, 3))
+    loaded = load_model(tmp_path, energy=NumpyEnergy(3, seed=5)).energy
+    np.testing.assert_array_equal(jax.vmap(loaded)(x), jax.vmap(_perturbed(checked))(x))
+
+
 def test_a_custom_energy_saved_by_a_script_loads_where_its_class_is_imported(tmp_path):
     # A class defined in a script run directly is saved as `__main__.Name`; another script that
     # imports it sees `module.Name`. It was refused as "not the saved structure".

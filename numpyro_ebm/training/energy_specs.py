@@ -270,7 +270,8 @@ def energy_from_spec(
     """
     spec = check_energy_spec(spec)
     if template is not None:
-        given = energy_spec(check_energy(template, dim))
+        template = check_energy(template, dim)
+        given = energy_spec(template)
         if not _same_structure(spec, given):
             raise ValueError(
                 f"expected an energy template of the saved structure {spec}, got {given}"

@@ -175,7 +175,7 @@ def save_model(
             f"expected `dim` for an energy without a `dim` attribute, got {type(energy).__name__} "
             "and neither `dim` nor `negatives`"
         )
-    check_energy(energy, dim)
+    energy = check_energy(energy, dim)
     if preprocessing is None:
         preprocessing = Preprocessing.identity(dim)
     if preprocessing.dim != dim:
