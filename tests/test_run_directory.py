@@ -141,6 +141,25 @@ def test_resume_refuses_other_data_behind_the_same_path(tmp_path):
     assert [step for step, _ in checkpoint_paths(out / "checkpoints")] == [4, 8]
 
 
+def test_resume_accepts_the_same_file_by_another_path_and_refuses_another_name(
+    tmp_path, monkeypatch
+):
+    # A job requeued with an absolute path, or run from another directory: refused before
+    # ("dataset: saved 'points.npy', given '/.../points.npy'"), and the checkpoints then lost.
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    config = TrainConfig("pcd", **SMALL).with_settings(sampler="ula", num_walkers=16)
+    np.save("points.npy", _raw_points())
+    Trainer("points.npy", config).fit(out_dir=out, progress_bar=False)
+    resumed = Trainer(str(tmp_path / "points.npy"), config).fit(
+        out_dir=out, resume=True, progress_bar=False, num_epochs=2
+    )
+    assert len(resumed.history) == 2
+    np.save("renamed.npy", _raw_points())  # control: another name is another dataset
+    with pytest.raises(ValueError, match=r"dataset: saved '\S*points.npy', given 'renamed.npy'"):
+        Trainer("renamed.npy", config).fit(out_dir=out, resume=True, progress_bar=False)
+
+
 def test_resume_with_another_seed_names_the_seed_not_other_data(tmp_path):
     # The seed draws the validation split, hence σ and the preprocessing: the message used to
     # list them too and ask whether other data was behind the path.

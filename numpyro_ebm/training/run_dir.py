@@ -135,13 +135,25 @@ def check_saved_settings(out_dir: Path, current: dict[str, Any]) -> None:
     split_changed = not _SPLIT_SETTINGS.isdisjoint(changed)
     for name in (*_DATA_SETTINGS, "energy"):  # runs of earlier releases record fewer
         derived = split_changed and name in ("base_scale", "preprocessing")
-        if name in saved and saved[name] != current[name] and not derived:
+        moved = name == "dataset" and _same_file_elsewhere(saved.get(name), current[name])
+        if name in saved and saved[name] != current[name] and not (derived or moved):
             differences.append(_difference(name, saved[name], current[name]))
     if differences:
         raise ValueError(
             f"expected the settings saved in {str(path)!r} to resume, got different ones: "
             + "; ".join(differences)
         )
+
+
+def _same_file_elsewhere(saved: Any, given: Any) -> bool:
+    """Whether ``given`` names an existing data file of the same name as ``saved``'s.
+
+    A job requeued with an absolute path, or run from another directory, names the same file
+    otherwise; other data behind that name still differs in σ and the preprocessing.
+    """
+    if not (isinstance(saved, str) and isinstance(given, str)):
+        return False
+    return Path(given).is_file() and Path(saved).name == Path(given).name
 
 
 def _difference(name: str, saved: Any, given: Any, limit: int = 120) -> str:
@@ -169,7 +181,7 @@ def clear_run(out_dir: Path) -> None:
         warn_user(
             f"starting a new run in {str(out_dir)!r}: removing the earlier run's checkpoints "
             f"({len(old)}) and outputs ({len(outputs)} files: model, report, figures, draws); "
-            "pass resume=True to continue it instead",
+            "pass resume=True (`--resume` on the command line) to continue it instead",
         )
     for path in outputs:
         path.unlink()
