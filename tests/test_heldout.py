@@ -223,10 +223,15 @@ def test_frozen_negatives_warn_and_mixing_ones_do_not():
         result = Trainer("two-modes-2to1", frozen).fit(progress_bar=False)
     assert result.history[0]["negatives_rhat"] > 1.1
     assert len([w for w in caught if "not mixing" in str(w.message)]) == 1
+    # Walker by walker, on the final model: the check that catches walkers stuck in their
+    # modes, whose R̂ over groups of walkers stays near 1.03 (MALA and ULA baselines).
+    with pytest.warns(RuntimeWarning, match="'ula' negative sampler's walkers do not mix"):
+        assert evaluate(result, num_chain_steps=40)["negatives_max_rhat"] > 1.1
     healthy = TrainConfig().with_settings(**settings)  # flowmc: flow moves mix the walkers
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         result = Trainer("two-modes-2to1", healthy).fit(progress_bar=False)
+        assert evaluate(result, num_chain_steps=40)["negatives_max_rhat"] < 1.1
     assert result.history[0]["negatives_rhat"] < 1.1
 
 
