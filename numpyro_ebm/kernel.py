@@ -102,7 +102,8 @@ class FlowMCKernel(MCMCKernel):
         buffer_size: Iterations of walker positions kept to fit the flow on.
         particle_chunk_size: i-SIR particles per walker drawn at once; by default the largest
             number that fits ``memory_budget_bytes``.
-        memory_budget_bytes: Scratch memory allowed for one chunk of i-SIR particles.
+        memory_budget_bytes: Scratch memory allowed for one chunk of i-SIR particles,
+            the potential's own included (XLA's estimate, e.g. a model's data plate).
         flow_seed: Seed of the default flow's initial weights (fixed, so ``init`` is idempotent).
         dense_preconditioner: Precondition MALA (and standardise the default flow) with the
             walkers' covariance instead of their variances, as NUTS's ``dense_mass``. Helps
@@ -285,8 +286,8 @@ class FlowMCKernel(MCMCKernel):
             flow = kernel_default_flow(self._flow_seed, dim, self._flow_options)
         flow_params, self._flow_static = split_flow(flow)
         self._config = round_config(  # flow-fitting batches split as the walkers are
-            flat_position, self._round_options, self._chunk_options, self._walker_sharding
-        )
+            flat_position, self._round_options, self._chunk_options, self._walker_sharding,
+            self._flat_potential(model_args, model_kwargs))  # fmt: skip
         self._sample_fn = flowmc_round
 
         # One compiled function: run eagerly, the initial state's small ops each compile (seconds

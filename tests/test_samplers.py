@@ -19,7 +19,11 @@ from flowjax.flows import coupling_flow, masked_autoregressive_flow
 from scipy import stats
 
 from numpyro_ebm import _flow_construction, flows
-from numpyro_ebm._kernel_setup import _SCRATCH_ARRAYS_PER_PARTICLE
+from numpyro_ebm._kernel_setup import (
+    _SCRATCH_ARRAYS_PER_PARTICLE,
+    chunk_size_for_budget,
+    potential_scratch_bytes,
+)
 from numpyro_ebm.flows import (
     default_flow,
     fit_flow,
@@ -363,6 +367,37 @@ def test_isir_scratch_memory_is_bounded_by_the_chunk_not_the_particles():
     assert chunked - baseline <= 16 * per_particle
     assert unchunked - baseline > 16 * per_particle
     assert unchunked > 10 * chunked
+
+
+def test_the_particle_budget_counts_the_potentials_own_scratch():
+    # A model's data plate: each evaluation's scratch grows with the data, which the budget
+    # left out (a mixture on 10⁵ points drew 31 particles of 128 walkers at once: 9 GB
+    # against the 256-MiB default). The chunk the budget picks must keep a step within it;
+    # the chunk of the old estimate, which counted the flow's arrays alone, must not.
+    num_walkers, dim, budget = 64, 2, 2**24
+    data = jnp.linspace(-3.0, 3.0, 20_000)
+
+    def potential(z):
+        modes = jnp.stack([-((data - z[0]) ** 2), -((data + z[1]) ** 2)])
+        return -jnp.sum(jax.nn.logsumexp(modes, axis=0))
+
+    own = potential_scratch_bytes(potential, dim, jnp.float32)
+    assert own >= 2 * data.size * 4  # the stacked modes, at least
+    options = dict(num_particles=32, chunk_size=None, memory_budget_bytes=budget)
+    counted = chunk_size_for_budget(num_walkers, dim, "float32", **options, potential_bytes=own)
+    flow_only = chunk_size_for_budget(num_walkers, dim, "float32", **options)
+    assert counted < flow_only == 31
+    flow = Normal(jnp.zeros(dim), jnp.ones(dim))
+    x = jnp.zeros((num_walkers, dim))
+
+    def temp_bytes(chunk_size):
+        step = partial(isir_step, flow=flow, potential_fn=potential, num_particles=32)
+        compiled = jax.jit(partial(step, chunk_size=chunk_size)).lower(
+            jax.random.key(0), x, jnp.zeros(num_walkers)
+        )
+        return compiled.compile().memory_analysis().temp_size_in_bytes
+
+    assert temp_bytes(counted) <= budget < temp_bytes(flow_only)
 
 
 # -- Adaptation ----------------------------------------------------------------------------
