@@ -216,6 +216,26 @@ def test_a_validation_with_too_few_effective_draws_is_never_the_best_nor_an_impr
     assert validation_module.best_epoch(legacy) == 3  # runs written before val_draws
 
 
+def test_a_damaged_best_checkpoint_resumes_without_it(tmp_path, monkeypatch):
+    # The only best checkpoint, damaged, made every resume fail although the run's own
+    # checkpoints were intact. Epoch 1 is the best and epoch 3 does not beat it: the run then
+    # ends without a best state, as the warning says.
+    figures = iter([2.0, 1.0, 1.5])
+    monkeypatch.setattr(
+        "numpyro_ebm.training.validation.validate",
+        lambda *args, **kwargs: {"val_log_likelihood": next(figures)},
+    )
+    config = TrainConfig().with_settings(**{**MINI, "num_epochs": 2})
+    Trainer("wine", config).fit(out_dir=tmp_path, progress_bar=False)
+    (best,) = (tmp_path / "best_checkpoint").glob("*.eqx")
+    best.write_bytes(best.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="resuming without the best validation's state"):
+        resumed = Trainer("wine", config).fit(
+            out_dir=tmp_path, resume=True, progress_bar=False, num_epochs=3
+        )
+    assert len(resumed.history) == 3 and resumed.best_state is None
+
+
 def test_frozen_negatives_warn_and_mixing_ones_do_not():
     settings = {**MINI, "num_epochs": 1, "steps_per_epoch": 40}
     frozen = TrainConfig().with_settings(**settings, sampler="ula", ula_step_size=1e-12)

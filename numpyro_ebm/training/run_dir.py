@@ -273,6 +273,22 @@ def restore_checkpoint(
     raise errors[0]
 
 
+def _restore_best(out_dir: Path, template: Any, dim: int) -> RunStart | None:
+    """The best validation's checkpoint; ``None``, with a warning, if it does not read back.
+
+    Only one is kept, so a damaged one has nothing to fall back to: the run goes on without
+    it rather than refusing to resume (a later, better validation replaces it).
+    """
+    try:
+        return restore_checkpoint(out_dir, template, BEST_CHECKPOINT_DIR, dim=dim)
+    except ValueError as error:
+        warn_user(
+            f"{error}; resuming without the best validation's state: a later validation that "
+            "beats it is kept, and if none does the run ends with its last state"
+        )
+        return None
+
+
 def _read_checkpoint(path: Path, saved_step: int, template: Any, dim: int) -> RunStart:
     """The run start a checkpoint holds; ``ValueError`` if it does not read back."""
     state = load_checkpoint(path, template)
@@ -351,7 +367,7 @@ def open_run(
         restored = restore_checkpoint(out_dir, state, dim=settings["dim"])
         if restored is not None:
             check_epochs_to_reach(out_dir, int(restored.state.step), settings_to_write["config"])
-            best = restore_checkpoint(out_dir, state, BEST_CHECKPOINT_DIR, dim=settings["dim"])
+            best = _restore_best(out_dir, state, settings["dim"])
             start = restored._replace(best_state=None if best is None else best.state)
     if out_dir is not None:
         if not resume:
