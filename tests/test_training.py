@@ -555,6 +555,25 @@ def test_evaluate_high_dimension_uses_a_flowmc_run():
     assert metrics["negatives_num_chains"] == MINI["num_walkers"]
 
 
+class _UndefinedOnHalf(eqx.Module):
+    """A user's energy with a log that is NaN for x₀ < -1: undefined where data lie."""
+
+    weight: jax.Array
+
+    def __call__(self, x):
+        return self.weight * jnp.log(x[0] + 1.0) ** 2 + 0.5 * jnp.sum(x**2)
+
+
+def test_a_nan_loss_names_a_network_undefined_on_the_data():
+    # Such a network was told only that its energy was running away (an L2 penalty, a smaller
+    # learning rate), which cannot help.
+    config = TrainConfig().with_settings(**{**MINI, "steps_per_epoch": 20}, sampler="ula")
+    energy = _UndefinedOnHalf(jnp.array(0.1))
+    points = np.random.default_rng(0).normal(size=(256, 2))  # 16 % with x₀ < -1
+    with pytest.warns(RuntimeWarning, match=r"loss was NaN at \d+ of 20 steps.*undefined"):
+        Trainer(points, config, energy=energy).fit(progress_bar=False)
+
+
 def test_a_runaway_energy_gives_one_warning():
     # A learning rate of 10 makes the contrastive loss, unbounded below, run away at once.
     config = TrainConfig().with_settings(

@@ -76,20 +76,35 @@ def postfix(values: dict[str, Any]) -> str:
 def runaway_message(epoch: int, losses: list[float]) -> str | None:
     """What to tell the user when an epoch's losses show a runaway energy, else ``None``.
 
+    A NaN loss has a second cause, named first: a network undefined on part of the space.
+
     Example:
-        >>> runaway_message(3, [0.1, float("nan")])[:40]
+        >>> runaway_message(3, [0.1, float("inf")])[:40]
         'epoch 3: the loss was not finite at 1 of'
+        >>> runaway_message(3, [0.1, float("nan")])[:35]
+        'epoch 3: the loss was NaN at 1 of 2'
         >>> runaway_message(3, [0.1, -0.2]) is None
         True
     """
     bad = sum(not (math.isfinite(v) and abs(v) <= RUNAWAY_LOSS) for v in losses)
     if not bad:
         return None
+    remedy = (
+        "An L2 penalty on the energies (`l2_penalty=0.1`, where the objective has one) or a "
+        "smaller `learning_rate` usually keeps it bounded."
+    )
+    nan = sum(math.isnan(v) for v in losses)
+    if nan:
+        return (
+            f"epoch {epoch}: the loss was NaN at {nan} of {len(losses)} steps. Either the "
+            "energy or its gradient is NaN at some data points or negatives (an operation "
+            "undefined there, such as the log or square root of a negative number, or 0/0: "
+            "evaluate the network on the data to find them), and the parameters are then NaN "
+            f"for good; or the energy is running away to infinity. {remedy}"
+        )
     return (
         f"epoch {epoch}: the loss was not finite at {bad} of {len(losses)} steps, or beyond "
-        f"{RUNAWAY_LOSS:g} in magnitude: the energy is running away. An L2 penalty on the "
-        "energies (`l2_penalty=0.1`, where the objective has one) or a smaller "
-        "`learning_rate` usually keeps it bounded."
+        f"{RUNAWAY_LOSS:g} in magnitude: the energy is running away. {remedy}"
     )
 
 
