@@ -98,7 +98,7 @@ def rhat_threshold(num_walkers: int) -> float:
     walkers) makes both the healthy noise of R̂² − 1 and the signal of walkers stuck between
     two modes (≈ 1/m) grow as 1/m, so the threshold's excess over 1 grows by 16/m: the check
     keeps the false-alarm rate and the power it has with 16. With 8 walkers and 1.01, a
-    healthy 2-D Gaussian's end-of-warm-up check fired in 2 runs of 10.
+    healthy 2-D Gaussian's end-of-warm-up check fired in 2 runs of 10 (later 2 of 30).
 
     Example:
         >>> rhat_threshold(128), rhat_threshold(8)

@@ -488,14 +488,16 @@ def _few_walker_messages(seed, **run_options):
     return [str(w.message) for w in caught if "have not mixed" in str(w.message)]
 
 
-@pytest.mark.parametrize("seed", [4, 7])
+@pytest.mark.parametrize("seed", [17, 29])
 def test_eight_healthy_walkers_raise_no_rhat_warning(seed):
     # Regression: with 8 walkers (2 groups of 4) and the threshold 1.01 of groups of 16, a
-    # healthy 2-D Gaussian's end-of-warm-up check fired in 2 runs of 10 (these two seeds).
+    # healthy 2-D Gaussian's end-of-warm-up check fired in 2 runs of 10 (seeds 4 and 7), and
+    # since the preconditioner's moments are taken in units of the walkers' spread, whose
+    # rounding changed every trajectory, in 2 runs of 30 (these two seeds, seeds 0-29).
     assert _few_walker_messages(seed) == []
 
 
-@pytest.mark.parametrize("seed", [4, 7])
+@pytest.mark.parametrize("seed", [17, 29])
 def test_control_with_the_threshold_of_16_walker_groups_they_do(monkeypatch, seed):
     monkeypatch.setattr(health, "rhat_threshold", lambda num_walkers: 1.01)
     assert len(_few_walker_messages(seed)) == 1
