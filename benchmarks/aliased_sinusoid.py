@@ -101,14 +101,8 @@ def main() -> None:
             learning_rate=args.learning_rate,
             num_local_steps=args.num_local_steps,
         )
-        mcmc = MCMC(
-            kernel,
-            num_warmup=args.num_warmup,
-            num_samples=args.num_samples,
-            num_chains=args.num_walkers,
-            chain_method="vectorized",
-            progress_bar=False,
-        )
+        options = dict(num_warmup=args.num_warmup, num_samples=args.num_samples, progress_bar=False)
+        mcmc = MCMC(kernel, num_chains=args.num_walkers, chain_method="vectorized", **options)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             mcmc.run(jax.random.PRNGKey(seed), jnp.asarray(t), jnp.asarray(y))
