@@ -89,6 +89,12 @@ class RunHealth(NamedTuple):
             :data:`STALLED_ACCEPT_PROB` on average (0 without local moves).
         nonfinite_fraction: Fraction of the walkers' draws whose potential is not finite
             (NaN or inf): walkers that never left a region where the model is undefined.
+        walker_rhat: The same R̂ with each walker its own chain. Not a problem by itself (an
+            ensemble can be right while each walker moves slowly), but well above 1.01 the
+            walkers rarely cross between regions, so the regions' weights rest on where
+            warm-up left them: compare runs from other seeds. On the aliased sinusoid of
+            ``benchmarks/aliased_sinusoid.py`` runs whose weights were 0.06-0.49 off measured
+            1.04-1.07, against 1.001 and 1.008 for the 2:1 two-mode target at d = 2 and 16.
         problems: One message per problem, each naming its cause and a remedy; empty when the
             run looks healthy.
     """
@@ -99,6 +105,7 @@ class RunHealth(NamedTuple):
     stranded_fraction: float
     stalled_fraction: float
     nonfinite_fraction: float
+    walker_rhat: float
     problems: tuple[str, ...]
 
 
@@ -188,7 +195,7 @@ def check_run(mcmc: Any) -> RunHealth:
 
     Returns:
         The measured global acceptance, step size, R̂, stranded, stalled and non-finite
-        fractions, and the problems found.
+        fractions, each walker's R̂, and the problems found.
 
     Raises:
         TypeError: If the sampler is not a ``FlowMCKernel`` or ``run`` has not been called.
@@ -243,4 +250,4 @@ def check_run(mcmc: Any) -> RunHealth:
         nonfinite_fraction=nonfinite,
     )
     measured = (global_accept_prob, step_size, max_rhat, stranded_fraction, stalled, nonfinite)
-    return RunHealth(*measured, problems)
+    return RunHealth(*measured, ensemble_rhat(draws, group_size=1), problems)

@@ -516,6 +516,24 @@ def test_eight_walkers_stuck_in_two_modes_are_still_reported():
     assert any("have not mixed" in problem for problem in check_run(mcmc).problems)
 
 
+@pytest.mark.parametrize("global_move", ["none", "isir"])
+def test_walker_rhat_says_whether_each_walker_crosses_between_modes(global_move):
+    # 32 walkers started alternately in the two modes. MALA alone never crosses: each walker's
+    # R̂ is huge while the groups of 16 each hold half of each mode and agree. With i-SIR
+    # every walker visits both (measured 1.001 at d = 2, 128 walkers).
+    start = jnp.tile(jnp.array([[-5.0, -5.0], [5.0, 5.0]]), (16, 1))
+    kernel = FlowMCKernel(_shifted_two_modes((0.0, 0.0)), global_move=global_move)
+    mcmc = vectorized_mcmc(kernel, 300, 300, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mcmc.run(jax.random.PRNGKey(0), init_params={"x": start})
+    health = check_run(mcmc)
+    if global_move == "none":
+        assert health.walker_rhat > 1.5 and health.max_rhat < 1.1
+    else:
+        assert health.walker_rhat < 1.02
+
+
 def test_a_useless_flow_is_reported():
     # A frozen flow far from the target: no global proposal is ever accepted.
     flow = Normal(jnp.full(2, 50.0), jnp.ones(2))
