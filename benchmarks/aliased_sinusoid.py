@@ -112,7 +112,8 @@ def main() -> None:
         print(
             f"seed {seed}: weights {np.round(weights, 3)}, max error "
             f"{np.max(np.abs(weights - exact)):.3f}, global acceptance "
-            f"{health.global_accept_prob:.2f}, warm-up warnings {ours}, check_run problems "
+            f"{health.global_accept_prob:.2f}, walker R̂ {health.walker_rhat:.3f}, warm-up "
+            f"warnings {ours}, check_run problems "
             f"{len(health.problems)}, {time.perf_counter() - start:.0f} s",
             flush=True,
         )
