@@ -250,9 +250,12 @@ def potential_scratch_bytes(potential_fn: Callable, dim: int, dtype: Any) -> int
     One small compilation; 0 where the backend gives no memory analysis.
 
     Example:
-        >>> import jax.numpy as jnp
-        >>> data = jnp.arange(10_000.0)
-        >>> potential_scratch_bytes(lambda x: jnp.sum((data - x[0]) ** 2), 1, "float32") > 0
+        >>> import jax, jax.numpy as jnp
+        >>> data = jnp.linspace(-3.0, 3.0, 10_000)  # a mixture's two terms at every point
+        >>> def potential(z):
+        ...     terms = jnp.stack([-((data - z[0]) ** 2), -((data + z[0]) ** 2)])
+        ...     return -jnp.sum(jax.nn.logsumexp(terms, axis=0))
+        >>> potential_scratch_bytes(potential, 1, "float32") >= 2 * 10_000 * 4
         True
     """
     points = 8
