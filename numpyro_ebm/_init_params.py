@@ -14,6 +14,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from numpyro.infer.util import initialize_model
 from numpyro.util import is_prng_key
 
+from numpyro_ebm._checks import is_key_array
+
 __all__ = [
     "auto_axes",
     "check_init_params",
@@ -200,7 +202,7 @@ def num_walkers_of(rng_key: jax.Array) -> int:
             "one flow. Use MCMC(..., num_chains=W, chain_method='vectorized') with W >= 2; "
             "got a single chain's key (num_chains=1 or chain_method other than 'vectorized')."
         )
-    if rng_key.ndim != 2 and not jax.dtypes.issubdtype(rng_key.dtype, jax.dtypes.prng_key):
+    if rng_key.ndim != 2 and not is_key_array(rng_key):
         raise ValueError(
             "expected one PRNG key per walker from MCMC; got a single raw key of shape "
             f"{rng_key.shape}. NumPyro splits a raw `jax.random.PRNGKey` into chains only for "
