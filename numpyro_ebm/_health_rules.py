@@ -43,6 +43,13 @@ MAX_STALLED_FRACTION = 0.05
 #: At the end of warm-up, fewer stalled walkers than this are not reported: one walker of 8
 #: is 12.5 %, and healthy runs stall a walker now and then.
 MIN_STALLED_WALKERS = 3
+#: The share of an interval, at each end, that :func:`interval_ends_problems` looks at.
+INTERVAL_EDGE = 0.1
+#: A site's draws "pile at both ends" of its interval when each outer tenth holds more than
+#: this share of them: 1.5 times what a flat posterior puts there. The aliased sinusoid's phase
+#: (``benchmarks/aliased_sinusoid.py``), whose 1.3-per-day alias straddles 0 = 2π, holds about
+#: 0.2 and 0.65 exactly, and a wrong run (seed 3, global moves only) 0.30 and 0.35.
+MAX_EDGE_SHARE = 0.15
 #: Fewest draws per walker for an R̂ (split R̂ halves each chain).
 _MIN_DRAWS = 8
 
@@ -118,6 +125,8 @@ def find_problems(
     max_rhat_allowed: float = MAX_RHAT,
     stalled_fraction: float = 0.0,
     nonfinite_fraction: float = 0.0,
+    num_flat: int = 0,
+    num_held_stranded: int = 0,
 ) -> tuple[str, ...]:
     """Messages for the checks that fail; each names the cause and a remedy.
 
@@ -130,6 +139,9 @@ def find_problems(
         max_rhat_allowed: The R̂ threshold (:func:`rhat_threshold` of the walker count).
         stalled_fraction: Fraction of walkers (or walker-draws) whose local moves stalled.
         nonfinite_fraction: Fraction of the draws whose potential is not finite.
+        num_flat: Coordinates found flat (improper), named first: the other checks see them.
+        num_held_stranded: Walkers stranded in more than half of their kept draws
+            (:func:`check_run` only).
 
     Returns:
         The messages, empty if every check passes.
@@ -141,13 +153,23 @@ def find_problems(
         mean global acceptance 0.000 < 0.01: the flow proposes ...
     """
     problems = []
+    if num_flat > 0:
+        problems.append(
+            f"{num_flat} coordinate(s) are flat: the potential does not change along them, "
+            "at the walkers or far away, so the posterior is improper there and the walkers "
+            "drift in them without bound. The usual cause is an `obs_mask` site: NumPyro "
+            "samples a value for each of its entries, and the observed ones have no density. "
+            "The global acceptance, R̂ and stranded checks below may fire on that drift alone, "
+            "and their remedies do not apply to it; the other coordinates' draws can still be "
+            "right. To remove them, sample only the missing entries, as a site of their own."
+        )
     if nonfinite_fraction > 0:
         problems.append(
             f"{nonfinite_fraction:.1%} of the draws sit where the potential is not finite "
             "(NaN or inf): they are not draws of the target. Walkers started where the model "
             "is undefined and no move took them out (every move from there is accepted only "
             "into finite values, and none was proposed); start them inside the support "
-            "(init_params, init_to_median) or check the model."
+            "(init_params spread inside it, or the default init_to_sample) or check the model."
         )
     if uses_flow and not global_accept_prob >= MIN_GLOBAL_ACCEPT_PROB:
         problems.append(
@@ -179,8 +201,19 @@ def find_problems(
             "proposal's by e^10): global moves can neither move them nor bring others there, "
             "so that region's weight rests on the local moves alone and may be wrong. Run a "
             "longer warm-up (fitting goes on while walkers are stranded), a larger flow "
-            "(flow_options), or compare runs from other seeds or with fit_flow=False. Targets "
+            "(flow_options), or compare runs from other seeds or with fit_flow=False. A frozen "
+            "flow (fit_flow=False) never learns their region: start the walkers from the draws "
+            "of the run that fitted it (init_params=mcmc.last_state.z), or let it fit. Targets "
             "with heavier tails than the flow's show this too."
+        )
+    if uses_flow and num_held_stranded > 0:
+        problems.append(
+            f"{num_held_stranded} walker(s) stayed stranded for more than half of the kept "
+            "draws: each holds a region the flow never proposes, whose weight then rests on "
+            "those walkers alone and is likely wrong (a mode holding 0.23 of the mass kept 1 "
+            "walker of 128 when init_to_median started all but that one in the other mode). "
+            "Start the walkers spread over the modes (the default init_to_sample, not "
+            "init_to_median or init_to_value), or use more walkers or a longer warm-up."
         )
     if stalled_fraction > MAX_STALLED_FRACTION:
         problems.append(
@@ -192,8 +225,9 @@ def find_problems(
             "the model (numpyro.handlers.reparam with numpyro.infer.reparam.LocScaleReparam(0) "
             "on the group-level sites). Other causes, where the draws can still be right: a "
             "hard edge of the support (a bounded potential, or a Uniform(0, θ) likelihood; "
-            "many proposals are then outside it, see num_nonfinite) or tails heavier than a "
-            "Gaussian's (a Student-t with few degrees of freedom); and a step size not adapted "
+            "many proposals are then outside it, see num_nonfinite), tails heavier than a "
+            "Gaussian's (a Student-t with few degrees of freedom) or modes of very different "
+            "widths (one step size serves all); and a step size not adapted "
             "(num_warmup=0 or too short). Compare runs from other seeds."
         )
     return tuple(problems)
@@ -207,3 +241,73 @@ def stalled_fraction(accept_prob: Any) -> float:
         0.5
     """
     return float(np.mean(np.asarray(accept_prob) < STALLED_ACCEPT_PROB))
+
+
+def end_shares(draws: Any, lower: Any, upper: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The shares of ``draws`` in the lowest and highest tenths of ``(lower, upper)``.
+
+    Args:
+        draws: ``(walkers, draws, *event)`` values of one site.
+        lower: The interval's lower bound, broadcastable to ``event``.
+        upper: Its upper bound.
+
+    Returns:
+        Two arrays of the event's shape.
+
+    Example:
+        >>> import numpy as np
+        >>> phase = np.array([[0.1, 6.2, 6.1, 3.0]])  # (1 walker, 4 draws)
+        >>> [float(share) for share in end_shares(phase, 0.0, 2 * np.pi)]
+        [0.25, 0.5]
+    """
+    draws = np.asarray(draws)
+    edge = INTERVAL_EDGE * (np.asarray(upper) - np.asarray(lower))
+    low = np.mean(draws < np.asarray(lower) + edge, axis=(0, 1))
+    high = np.mean(draws > np.asarray(upper) - edge, axis=(0, 1))
+    return low, high
+
+
+def interval_ends_problems(sites: dict[str, tuple[Any, Any, Any]]) -> tuple[str, ...]:
+    """A message for each site of interval support whose draws pile at both of its ends.
+
+    NumPyro samples such a site through a logit: mass at both ends of the interval is two tails
+    at opposite ends of the real line, which neither the flow nor the local moves reach well, so
+    the tails' weights may be wrong. A phase ``φ ~ Uniform(0, 2π)`` whose posterior straddles
+    0 = 2π is the common case, and a silent one: the aliased sinusoid's weights came out
+    0.15-0.24 off with global moves only, three runs of four with no other warning.
+
+    Args:
+        sites: ``{name: (draws, lower, upper)}``, draws ``(walkers, draws, *event)``.
+
+    Returns:
+        One message per such site (the coordinate whose ends hold least, if it has many).
+
+    Example:
+        >>> import numpy as np
+        >>> wraps = np.array([[0.1, 6.2, 6.1, 3.0]])
+        >>> print(interval_ends_problems({"phi": (wraps, 0.0, 6.3)})[0])  # doctest: +ELLIPSIS
+        site 'phi': 25% and 50% of the draws lie in the lowest and highest tenths of its ...
+        >>> interval_ends_problems({"phi": (np.array([[3.0, 3.1, 0.1, 3.3]]), 0.0, 6.3)})
+        ()
+    """
+    problems = []
+    for name, (draws, lower, upper) in sites.items():
+        low, high = end_shares(draws, lower, upper)
+        piled = np.minimum(low, high)
+        if not np.any(piled > MAX_EDGE_SHARE):
+            continue
+        index = np.unravel_index(np.argmax(piled), piled.shape)
+        where = f"{name}{[int(i) for i in index]}" if piled.ndim else name
+        lower, upper = (
+            float(np.broadcast_to(bound, piled.shape)[index]) for bound in (lower, upper)
+        )
+        problems.append(
+            f"site '{where}': {low[index]:.0%} and {high[index]:.0%} of the draws lie in the "
+            f"lowest and highest tenths of its interval ({lower:g}, {upper:g}). The sampler "
+            "works on the logit of such a site, where these are two far-apart tails that the "
+            "walkers and the flow reach poorly, so their weights may be wrong. If it is a phase "
+            "or an angle, its posterior wraps around the interval's ends: sample it on the "
+            "circle instead, for example as two Normal coefficients (A cos φ, A sin φ) in place "
+            "of an amplitude and a phase (benchmarks/aliased_sinusoid.py), or as a unit vector."
+        )
+    return tuple(problems)

@@ -12,7 +12,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flowjax.distributions import AbstractDistribution
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -33,7 +32,6 @@ __all__ = [
     "round_options",
     "walker_sharding",
     "warn_if_untuned",
-    "warn_if_walkers_start_nonfinite",
 ]
 
 #: Target MALA acceptance: the optimal-scaling value of Roberts & Rosenthal (1998), as in [A].
@@ -331,38 +329,6 @@ def flat_potential(
         return energy.astype(flat.dtype)  # the walkers' precision, whatever it returns
 
     return potential
-
-
-def warn_if_walkers_start_nonfinite(potential_energy: jax.Array, global_move: str) -> None:
-    """Warn when walkers start where the potential is NaN or infinite (a concrete check only).
-
-    Every local move from such a point is rejected, so without global moves those walkers
-    never move; with them they are moved by the first accepted proposal.
-
-    Example:
-        >>> import warnings, jax.numpy as jnp
-        >>> with warnings.catch_warnings(record=True) as caught:
-        ...     warnings.simplefilter("always")
-        ...     warn_if_walkers_start_nonfinite(jnp.array([0.5, jnp.nan, jnp.inf]), "none")
-        >>> print(caught[0].message.args[0][:72])
-        FlowMCKernel: 2 of 3 walkers start where the potential is not finite (Na
-    """
-    if isinstance(potential_energy, jax.core.Tracer):  # `init` traced (e.g. by the trainer)
-        return
-    num_nonfinite = int(np.sum(~np.isfinite(np.asarray(potential_energy))))
-    if num_nonfinite == 0:
-        return
-    fate = (
-        "they will never move (global_move='none': every local move from there is rejected)"
-        if global_move == "none"
-        else "local moves from there are rejected until a global move takes them elsewhere"
-    )
-    warn_user(
-        f"FlowMCKernel: {num_nonfinite} of {potential_energy.shape[0]} walkers start where the "
-        f"potential is not finite (NaN or inf): {fate}. Check `init_params` against the "
-        "model's support.",
-        UserWarning,
-    )
 
 
 def warn_if_untuned(num_warmup: int, num_local_steps: int, step_size: float) -> None:

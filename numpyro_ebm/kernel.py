@@ -28,6 +28,7 @@ from numpyro.infer.mcmc import MCMCKernel
 from numpyro.util import identity
 
 from numpyro_ebm._checks import key_impl_name, positive_float, positive_int, seed_value, typed_key
+from numpyro_ebm._far_probes import check_potential_rises, energy_with_probes
 from numpyro_ebm._init_params import initialize_walkers, num_walkers_of
 from numpyro_ebm._kernel_setup import (
     DEFAULT_TARGET_ACCEPT_PROB,
@@ -39,9 +40,9 @@ from numpyro_ebm._kernel_setup import (
     round_options,
     walker_sharding,
     warn_if_untuned,
-    warn_if_walkers_start_nonfinite,
 )
 from numpyro_ebm._pickling import kernel_getstate, kernel_setstate, latent_template
+from numpyro_ebm._start_checks import warn_about_start
 from numpyro_ebm.flows import flow_optimizer, split_flow
 from numpyro_ebm.health import warn_after_warmup
 from numpyro_ebm.kernel_state import DEFAULT_FIELDS, FlowMCState, initial_state, next_state
@@ -73,8 +74,8 @@ class FlowMCKernel(MCMCKernel):
 
     Args:
         model: A NumPyro model. Exactly one of ``model`` and ``potential_fn`` is given.
-        potential_fn: Potential energy of one walker's (unconstrained) parameters; then
-            ``init_params`` must be passed to ``MCMC.run``, with the walker axis first.
+        potential_fn: ``U = -log p`` of one walker's unconstrained parameters (flowMC's
+            ``log_prob`` is ``-U``); then ``init_params`` go to ``MCMC.run``, walker axis first.
         init_strategy: Per-site initialisation, as for NumPyro's kernels. By default each
             walker starts at its own draw from the prior (NumPyro's ``init_to_sample``, which
             falls back to ``init_to_uniform`` for improper sites): a flow can only propose
@@ -290,15 +291,15 @@ class FlowMCKernel(MCMCKernel):
             self._flat_potential(model_args, model_kwargs))  # fmt: skip
         self._sample_fn = flowmc_round
 
-        # One compiled function: run eagerly, the initial state's small ops each compile (seconds
-        # on 2 cores). Model arguments stay constants, as in NumPyro: models may use NumPy.
-        state = jax.jit(
+        # One program (run eagerly, each small op compiles); model args stay constants (NumPy).
+        state, probe_energy = jax.jit(
             lambda arrays: self._initial_state(arrays, num_warmup, model_args, model_kwargs)
         )((flat_position, init_params, flow_params, key_state))
-        warn_if_walkers_start_nonfinite(state.potential_energy, self.global_move)
+        check_potential_rises(probe_energy, from_potential_fn=self._model is None)
+        warn_about_start(flat_position, state.potential_energy, self.global_move)
         return state
 
-    def _initial_state(self, arrays, num_warmup, model_args, model_kwargs) -> FlowMCState:
+    def _initial_state(self, arrays, num_warmup, model_args, model_kwargs) -> tuple:
         flat_position, init_params, flow_params, key_state = arrays
         potential_fn = self._flat_potential(model_args, model_kwargs)
         adaptation = init_adaptation(
@@ -311,9 +312,8 @@ class FlowMCKernel(MCMCKernel):
             num_particle_chunks=num_particle_chunks(self._config),
             num_warmup=num_warmup,
         )
-        return initial_state(
-            init_params, jax.vmap(potential_fn)(flat_position), adaptation, key_state
-        )
+        energy, probe_energy = energy_with_probes(potential_fn, flat_position)
+        return initial_state(init_params, energy, adaptation, key_state), probe_energy
 
     def sample(self, state: FlowMCState, model_args: tuple, model_kwargs: dict) -> FlowMCState:
         """One iteration: a global flow move, local MALA moves, adaptation during warm-up.

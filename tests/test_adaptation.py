@@ -543,7 +543,7 @@ def test_a_useless_flow_is_reported():
 
 
 def _warning_files(num_warmup, **options):
-    mcmc = vectorized_mcmc(FlowMCKernel(_standard_normal, **options), num_warmup, 20, 16)
+    mcmc = vectorized_mcmc(FlowMCKernel(_standard_normal, **options), num_warmup, 20, 32)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         mcmc.run(jax.random.PRNGKey(11))  # the line a warning about this run should name

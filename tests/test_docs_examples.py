@@ -60,7 +60,7 @@ def test_sampling_examples_give_what_the_guide_says(namespace):
     assert names["samples"]["x"].shape == (128, 300, 2)
     # Block 2: the run is healthy, as its comment says.
     assert names["health"].problems == ()
-    assert "r_hat" in printed[3]
+    assert "r_hat" in printed[4]
     # Block 4: warm-up draws of every walker, flattened as get_extra_fields() does.
     assert names["flow_loss"].shape == (128 * 300,) and np.isfinite(names["flow_loss"]).any()
     assert names["positions"].shape == (64 * 300, 2)
@@ -70,9 +70,9 @@ def test_sampling_examples_give_what_the_guide_says(namespace):
 
 def test_training_examples_save_and_load_in_raw_units(namespace):
     names, printed = namespace
-    assert "'type': 'custom'" in printed[6]
+    assert "'type': 'custom'" in printed[7]
     assert type(names["model"].energy).__name__ == "RBFEnergy"
-    energies = np.array(printed[7].strip("[]\n").split(), dtype=float)
+    energies = np.array(printed[8].strip("[]\n").split(), dtype=float)
     assert energies.shape == (3,) and np.isfinite(energies).all()
     assert math.isfinite(names["result"].history[-1]["loss"])
 
@@ -84,7 +84,7 @@ def test_the_learned_prior_pulls_the_posterior_toward_the_data(namespace):
     # control), with a flipped sign it would run away. 10 % leaves room for a prior 20 % off
     # in scale; 64 x 300 draws give a Monte Carlo error under 3 % of the gap.
     names, printed = namespace
-    posterior = np.array(printed[8].strip("[]\n").split(), dtype=float)
+    posterior = np.array(printed[9].strip("[]\n").split(), dtype=float)
     data_mean, observed = names["points"].mean(0), np.array([1010.0, -49.97])
     share_from_observed = (observed - posterior) / (observed - data_mean)
     assert np.all((share_from_observed > 0.1) & (share_from_observed < 0.5)), share_from_observed

@@ -101,3 +101,21 @@ def test_a_hard_box_is_not_improper(monkeypatch):
     )
     held = _box_scales()
     assert np.all(held < 0.5), held
+
+
+def test_the_warning_names_the_flat_coordinates_first():
+    # Regression: a user's obs_mask regression (coefficients right, as NUTS's) warned of a
+    # global acceptance of 0, walkers not mixed and 88 % stranded, with remedies that do not
+    # apply, and never of the flat observed entries that cause all three. Control: the same
+    # model with every entry missing has no flat coordinate and must not name one.
+    for mask, num_flat in ((OBSERVED, int(OBSERVED.sum())), (np.zeros(8, bool), 0)):
+        mcmc = vectorized_mcmc(FlowMCKernel(_imputation), 300, 300, 32)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            mcmc.run(jax.random.PRNGKey(0), np.where(mask, Y, 0.0), mask)
+        after_warmup = [str(w.message) for w in caught if "after warm-up" in str(w.message)]
+        named = [m for m in after_warmup if "coordinate(s) are flat" in m]
+        assert len(named) == (num_flat > 0), after_warmup
+        if num_flat:
+            assert named[0].startswith(f"FlowMCKernel after warm-up: {num_flat} coordinate(s)")
+        assert np.sum(np.asarray(mcmc.last_state.adaptation.flat)) == num_flat

@@ -4,30 +4,31 @@ bring others, so fitting must go on and a run that ends that way must say so.
 The regression is a thin curved ridge (a "banana") whose ends the flow had not learned when its
 global acceptance plateaued on the bulk: fitting stopped, the walkers that the local moves then
 carried to the ends were stranded there, and E[x1²] came out 0.77 instead of 1 at a global
-acceptance of 0.85 and R̂ 1.00. Its negative control is the same run with the old stopping rule.
+acceptance of 0.85 and R̂ 1.00. The rule that keeps fitting while walkers are stranded is tested
+with its control (no stranded walker, fitting stops); the ridge's weight at a tolerance measured
+between seeds (see ``_RIDGE_TOLERANCE``).
 """
 
 import warnings
 
-import arviz_stats
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro
+import numpyro.distributions as dist
 import pytest
-from _targets import two_sided_z, vectorized_mcmc
+from _targets import vectorized_mcmc
 from flowjax.distributions import Normal
+from numpyro.infer import init_to_median, init_to_sample
 
 from numpyro_ebm import FlowMCKernel
 from numpyro_ebm.energies import MLPEnergy
 from numpyro_ebm.flow_base import FlowBaseEnergy
 from numpyro_ebm.health import MAX_STRANDED_FRACTION, check_run
-from numpyro_ebm.samplers import warmup
 from numpyro_ebm.samplers.fit_progress import init_fit_progress, still_fitting, update_fit_progress
 from numpyro_ebm.samplers.global_moves import imh_step, isir_step
 from numpyro_ebm.training.negatives import flowmc_sampler
-
-ALPHA = 1e-3  # false-alarm rate of the statistical test
 
 
 def _standard_normal(x):
@@ -72,52 +73,38 @@ def _banana(x):
 
 
 def _ridge_run(**options):
-    """E[x1²]'s z-score against 1, the health report and the kernel's own warnings."""
+    """E[x1²] (1 exactly), the health report and the kernel's own warnings."""
     mcmc = vectorized_mcmc(FlowMCKernel(potential_fn=_banana, **options), 1000, 400, _WALKERS)
     init = jax.random.normal(jax.random.key(0), (_WALKERS, _DIM))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         mcmc.run(jax.random.key(0), init_params=init)
     x1_squared = np.asarray(mcmc.get_samples(group_by_chain=True), np.float64)[..., 0] ** 2
-    z = (x1_squared.mean() - 1.0) / arviz_stats.mcse(x1_squared)
     messages = [str(w.message) for w in caught if "FlowMCKernel" in str(w.message)]
-    return z, check_run(mcmc), messages
+    return float(x1_squared.mean()), check_run(mcmc), messages
+
+
+#: |E[x1²] - 1| allowed. Not ArviZ's MCSE, which takes walkers sharing a flow as independent
+#: chains and undercounts: seeds 0-3 gave 1.023, 0.968, 1.034, 0.975 on one machine and 0.962,
+#: 0.999, 1.021, 0.971 on another (XLA compiles for the host's CPU, so trajectories differ),
+#: z-scores up to 3.6 by that MCSE. Their sd, 0.027, puts 0.1 at 3.7 sds (a false alarm near
+#: 2e-4); the lost ends this guards against gave 0.77.
+_RIDGE_TOLERANCE = 0.1
 
 
 def test_the_ends_of_a_thin_ridge_keep_their_weight():
-    # One check of E[x1²] = 1 at family-wise false-alarm rate ALPHA (|z| < 3.29), and nothing
-    # stranded. Measured: E[x1²] 0.986, 0.991, 0.995 with seeds 1, 0, 2 (0.77 for seed 1
-    # before the fix); since the preconditioner's rounding changed, 1.023, 0.968, 1.034 and
-    # 0.975 with seeds 0-3 (z 0.50, -3.56, 0.90, -2.66): their mean is 1.000, but the spread
-    # between seeds is wider than ArviZ's MCSE, which takes walkers sharing a flow as
-    # independent chains. This test runs seed 0; the z-test is weaker than it looks. MALA's
-    # one step size stalls in 8 % of the kept iterations (on the bend and the ends, 0.1
-    # wide), so the report says those parts rest on the flow alone, as NUTS reports
-    # divergences there; that is its only problem (tests/test_stalled.py).
-    z, health, messages = _ridge_run()
-    assert abs(z) < two_sided_z(ALPHA)
+    # Seed 0, and nothing stranded. MALA's one step size stalls in 6-8 % of the kept
+    # iterations (on the bend and the ends, 0.1 wide), so the report says those parts rest on
+    # the flow alone, as NUTS reports divergences there; that is its only problem
+    # (tests/test_stalled.py). The stranded rule that keeps fitting past a plateau while the
+    # ends are stranded is tested on its own above: with fit_patience=5 its end-to-end effect
+    # no longer shows (seeds 0-3: mean 0.954 with and without it), as the preconditioner
+    # pooled over the buffer keeps the ends in the flow's reach.
+    x1_squared, health, messages = _ridge_run()
+    assert abs(x1_squared - 1.0) < _RIDGE_TOLERANCE, x1_squared
     assert health.stranded_fraction <= MAX_STRANDED_FRACTION
     assert len(health.problems) == 1 and "local moves stalled" in health.problems[0]
     assert not any("stranded" in message for message in messages)
-
-
-@pytest.mark.parametrize("stranded_rule", [True, False])
-def test_stranded_walkers_keep_the_flow_fitting_past_a_plateau(monkeypatch, stranded_rule):
-    # With fit_patience=5 fitting stops five rounds into a plateau of the global acceptance,
-    # unless walkers are stranded. Measured with seed 1 at first: E[x1²]'s z = 0.02 with that
-    # rule, -6.7 without it (the ends lost: the control). Since the preconditioner's rounding
-    # changed, with seeds 0-3: -2.63, 0.15, -3.08, -0.77 with the rule and -5.35, -1.87,
-    # -3.21, 0.04 without it; seed 0, run here, separates them, the others barely or not.
-    # Before the preconditioner left out the buffer's unwritten rows, the plateau rule alone
-    # lost the ends at the default patience.
-    if not stranded_rule:
-
-        def ignore_stranded(progress, global_accept_prob, uncovered=False):
-            return update_fit_progress(progress, global_accept_prob)
-
-        monkeypatch.setattr(warmup, "update_fit_progress", ignore_stranded)
-    z, _, _ = _ridge_run(fit_patience=5)
-    assert (abs(z) < two_sided_z(ALPHA)) == stranded_rule, z
 
 
 # -- EBM training's negatives ----------------------------------------------------------------
@@ -138,3 +125,24 @@ def test_flowmc_negatives_report_the_walkers_their_flow_misses(proposal_scale, s
     _, info = jax.jit(sampler.step)(state, params)
     fraction = float(info.stranded_fraction)
     assert fraction > 0.5 if stranded else fraction == 0.0
+
+
+def _squared_mean(y):
+    theta = numpyro.sample("theta", dist.Normal(0.3, 1.0))
+    numpyro.sample("y", dist.Normal(theta**2, 1.0), obs=y)
+
+
+@pytest.mark.parametrize(("init_strategy", "held"), [(init_to_median, True), (None, False)])
+def test_a_walker_stranded_for_most_of_the_run_is_reported(init_strategy, held):
+    # Regression (a user's y ~ N(θ², 1), P(θ > 0) = 0.77): init_to_median started one walker
+    # of 128 at θ < 0 and the rest at θ > 0; that walker stayed stranded for the whole run,
+    # 0.78 % of the walker-draws (under the 1 % threshold), and P(θ > 0) came out 0.992 with
+    # no warning. Control: the default init_to_sample, walkers in both modes, stays quiet.
+    y = 4.0 + np.random.default_rng(0).normal(0.0, 1.0, 10)
+    kernel = FlowMCKernel(_squared_mean, init_strategy=init_strategy or init_to_sample)
+    mcmc = vectorized_mcmc(kernel, 500, 500, 128)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mcmc.run(jax.random.PRNGKey(0), y)
+    health = check_run(mcmc)
+    assert any("stayed stranded" in problem for problem in health.problems) == held, health

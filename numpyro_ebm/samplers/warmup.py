@@ -70,6 +70,9 @@ class FlowMCAdaptation(NamedTuple):
             chunks of i-SIR particles, measured while all are drawn.
         particle_chunks: Chunks of i-SIR particles drawn once fitting has stopped and after
             warm-up: the count that moves most walkers per potential evaluation.
+        flat: ``(dim,)``: the coordinates found flat (improper) in the last adapting round
+            (see :func:`hold_flat_coordinates`; never with a dense preconditioner), which the
+            end-of-warm-up check names.
         round_index: Rounds done so far (also the buffer's write cursor).
         num_warmup: Rounds of adaptation: a round adapts while ``round_index < num_warmup``.
             In the state rather than the kernel, so that ``MCMC`` objects sharing a kernel
@@ -88,6 +91,7 @@ class FlowMCAdaptation(NamedTuple):
     fit_progress: FitProgress
     particle_accept: jax.Array
     particle_chunks: jax.Array
+    flat: jax.Array
     round_index: jax.Array
     num_warmup: jax.Array
 
@@ -131,6 +135,7 @@ def init_adaptation(
         fit_progress=init_fit_progress(dtype),
         particle_accept=jnp.zeros(num_particle_chunks, dtype),
         particle_chunks=jnp.asarray(num_particle_chunks, jnp.int32),
+        flat=jnp.zeros(position.shape[1], bool),
         flow_params=flow_params,
         opt_state=opt_state,
         buffer=jnp.broadcast_to(position, (buffer_size, *position.shape)),
@@ -308,6 +313,7 @@ def adapt(
     frozen = ~still_fitting(fit_progress, config.fit_patience)
     preconditioner = _tree_where(frozen, state.preconditioner, estimate)
     return state._replace(
+        flat=flat & (not config.dense_preconditioner),
         fit_progress=fit_progress,
         step_size=step_size,
         step_size_average=step_size_average,
