@@ -62,8 +62,8 @@ def probe_points(position: jax.Array) -> jax.Array:
 def energy_with_probes(potential_fn, position: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``U`` of each walker and of :func:`probe_points`, in the caller's program.
 
-    Two vmapped calls, not one over both: batched with the probes, XLA rounded the walkers'
-    potentials differently, and every trajectory changed.
+    Two vmapped calls, not one over both, so that the walkers' potentials are computed by the
+    same operation as without the probes.
 
     Example:
         >>> import jax.numpy as jnp
