@@ -235,15 +235,20 @@ def initialize_walkers(rng_key, model, init_strategy, init_params, model_args, m
     check_no_explicit_mesh_context("MCMC.run with FlowMCKernel")
     potential_fn_gen = postprocess_fn = None
     if model is not None:
-        params_info, potential_fn_gen, postprocess_fn, _ = initialize_model(
-            rng_key,
-            model,
-            dynamic_args=True,
-            init_strategy=init_strategy,
-            model_args=model_args,
-            model_kwargs=model_kwargs,
-            validate_grad=False,
-        )
+        try:
+            params_info, potential_fn_gen, postprocess_fn, _ = initialize_model(
+                rng_key,
+                model,
+                dynamic_args=True,
+                init_strategy=init_strategy,
+                model_args=model_args,
+                model_kwargs=model_kwargs,
+                validate_grad=False,
+            )
+        except RuntimeError as error:
+            if "Cannot find valid initial parameters" not in str(error):
+                raise
+            raise RuntimeError(_no_valid_start_message(rng_key.shape[0], init_strategy)) from error
         if init_params is None:
             init_params = params_info[0]
         else:
@@ -255,3 +260,18 @@ def initialize_walkers(rng_key, model, init_strategy, init_params, model_args, m
         )
     check_init_params(init_params, rng_key.shape[0], from_model=model is not None)
     return with_auto_axes(init_params), potential_fn_gen, postprocess_fn
+
+
+def _no_valid_start_message(num_walkers: int, init_strategy: Any) -> str:
+    """NumPyro's failure to start, said for walkers: every one of them needs a valid start."""
+    name = getattr(init_strategy, "__name__", None) or getattr(
+        getattr(init_strategy, "func", None), "__name__", repr(init_strategy)
+    )
+    return (
+        f"Cannot find valid initial parameters for all {num_walkers} walkers with "
+        f"init_strategy={name}: NumPyro tries each walker's start up to 100 times and every "
+        "walker needs a finite potential, so a start that a single NUTS chain finds can fail "
+        "here when few draws of the strategy are valid (a prior much wider than the "
+        "likelihood's support). Pass init_strategy=init_to_uniform (NUTS's default) or "
+        "init_params with one valid value per walker."
+    )

@@ -36,10 +36,12 @@ __all__ = ["PREPROCESS_CHOICES", "Preprocessing", "is_integer_valued"]
 #: ``"none"`` trains on the data as given.
 PREPROCESS_CHOICES = ("auto", "standardize", "none")
 
-# A coordinate whose standard deviation is below this (constant columns, such as the always-blank
-# border pixels of digits without dequantisation) is shifted but not scaled: dividing by ~0
-# would blow its float32 round-off up to O(1).
-_MIN_SCALE = 1e-8
+# A coordinate whose standard deviation is at most this fraction of its mean's size (constant
+# columns, such as the always-blank border pixels of digits without dequantisation, whose spread
+# is 0 or the round-off of their mean) is shifted but not scaled: dividing by ~0 would blow that
+# round-off up to O(1). Relative, so that data of any unit are scaled: an absolute floor of
+# 1e-8 left a wavelength in metres (5e-7 ± 3e-9) in raw units, and its density 20 nats wrong.
+_ROUND_OFF = 1e-10
 
 
 def is_integer_valued(data: np.ndarray) -> bool:
@@ -128,8 +130,9 @@ class Preprocessing:
         if dequantize:
             key = jax.random.key(0) if rng_key is None else rng_key
             data = data + np.asarray(jax.random.uniform(typed_key(key), data.shape))
-        scale = data.std(axis=0)
-        return cls(data.mean(axis=0), np.where(scale > _MIN_SCALE, scale, 1.0), dequantize)
+        shift, scale = data.mean(axis=0), data.std(axis=0)
+        varies = scale > _ROUND_OFF * np.abs(shift)
+        return cls(shift, np.where(varies & (scale > 0), scale, 1.0), dequantize)
 
     def dequantized(self, x: np.ndarray, rng_key: jax.Array) -> np.ndarray:
         """Raw points with their dequantisation noise added (unchanged if not dequantising).

@@ -10,11 +10,12 @@ default ``init_to_sample``, which must stay quiet.
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
-from numpyro.infer import init_to_sample, init_to_value
+from numpyro.infer import init_to_sample, init_to_uniform, init_to_value
 
 from numpyro_ebm import FlowMCKernel
 from numpyro_ebm._start_checks import MIN_WALKERS
@@ -51,3 +52,22 @@ def test_walkers_that_all_start_at_one_point_are_warned_of(init_strategy, warned
     assert bool(together) == warned
     if warned:
         assert together[0].startswith("FlowMCKernel: in 1 of 1 coordinates")
+
+
+_UNIFORM_DATA = jnp.array([0.5, 1.2, 2.7, 3.9, 4.9, 0.1, 2.2, 3.3])  # NumPy data fail in NumPyro
+
+
+def uniform_up_to_theta():
+    """A user's model where 0.74 % of prior draws are valid starts: θ must exceed max y = 4.9."""
+    theta = numpyro.sample("theta", dist.Exponential(1.0))
+    with numpyro.plate("n", len(_UNIFORM_DATA)):
+        numpyro.sample("y", dist.Uniform(0.0, theta), obs=_UNIFORM_DATA)
+
+
+def test_no_valid_start_for_every_walker_names_walkers_and_a_remedy():
+    keys = jax.random.split(jax.random.PRNGKey(0), 128)
+    with pytest.raises(RuntimeError, match=r"all 128 walkers with init_strategy=init_to_sample"):
+        FlowMCKernel(uniform_up_to_theta).init(keys, 10)
+    # The remedy it names starts every walker (the control: the same model, the same keys).
+    state = FlowMCKernel(uniform_up_to_theta, init_strategy=init_to_uniform).init(keys, 10)
+    assert np.all(np.isfinite(np.asarray(state.potential_energy)))

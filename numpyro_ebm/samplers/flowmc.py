@@ -78,6 +78,10 @@ class FlowMCConfig(NamedTuple):
         adapt_num_particles: Once fitting has stopped, and after warm-up, draw only the i-SIR
             particle chunks that move most walkers per potential evaluation (measured while
             every chunk is drawn); otherwise always draw ``num_particles``.
+        settle_rounds: The first rounds of warm-up make local moves only, so that walkers
+            started far from the modes settle into the basins they start in before the flow,
+            fitted on their way there, moves them. :class:`~numpyro_ebm.FlowMCKernel` settles for
+            10 rounds when it fits its own flow, and not at all with a flow it is given.
         batch_sharding: Split each flow-fitting batch over devices this way (the walkers'
             sharding when they are split over a mesh); ``None`` leaves the layout to XLA.
     """
@@ -96,6 +100,7 @@ class FlowMCConfig(NamedTuple):
     standardise_flow: bool = True
     fit_patience: int | None = None
     adapt_num_particles: bool = False
+    settle_rounds: int = 0
     batch_sharding: jax.sharding.NamedSharding | None = None
 
 
@@ -230,14 +235,20 @@ def flowmc_round(
         stranded = jnp.zeros(num_walkers, bool)
     else:
         flow = proposal_flow(state, flow_static, config)
-        position, potential_energy, global_info = _global_move(
+        moved, moved_energy, global_info = _global_move(
             key_global, position, potential_energy, flow, potential_fn, config, num_chunks
         )
-        global_accept_prob = global_info.accept_prob.astype(position.dtype)
-        global_nonfinite = global_info.num_nonfinite
-        stranded = global_info.stranded
+        # While settling, the walkers keep their places: the move is computed and discarded.
+        settled = ~(adapting & (state.round_index < config.settle_rounds))
+        position = jnp.where(settled, moved, position)
+        potential_energy = jnp.where(settled, moved_energy, potential_energy)
+        global_accept_prob = settled * global_info.accept_prob.astype(position.dtype)
+        global_nonfinite = settled * global_info.num_nonfinite
+        stranded = settled & global_info.stranded
         if config.adapt_num_particles and config.global_move == "isir":
-            state = count_particles(state, global_info.accept_prob_by_chunks, all_chunks, config)
+            state = count_particles(
+                state, global_info.accept_prob_by_chunks, all_chunks & settled, config
+            )
 
     step_size = jnp.where(adapting, state.step_size, state.step_size_average)
     position, potential_energy, accept_prob, local_nonfinite, flat = _local_moves(
