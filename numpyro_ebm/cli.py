@@ -201,9 +201,21 @@ def summary_line(metrics: dict[str, Any]) -> str:
     Example:
         >>> summary_line({"final_loss": -0.0123, "negatives_max_rhat": None, "dim": 2})
         'final_loss -0.0123'
+        >>> summary_line({"final_val_log_likelihood": -2.929, "final_val_importance_ess": 2.47,
+        ...               "final_val_draws": 4096})
+        'final_val_log_likelihood -2.929 (untrusted: ESS 2 of 4096 draws)'
     """
+    from numpyro_ebm.training.validation import untrusted_note
+
+    # The final validation's own fields, without their prefix, say whether it is trusted.
+    final_validation = {
+        name.removeprefix("final_"): value
+        for name, value in metrics.items()
+        if name.startswith("final_val_")
+    }
     return ", ".join(
         f"{name} {metrics[name]:.4g}"
+        + (untrusted_note(final_validation) if name == "final_val_log_likelihood" else "")
         for name in SUMMARY_METRICS
         if isinstance(metrics.get(name), int | float) and not isinstance(metrics[name], bool)
     )

@@ -27,7 +27,7 @@ from numpyro_ebm.training import validation as validation_module
 from numpyro_ebm.training.data import training_data
 from numpyro_ebm.training.heldout import EXACT_TEST_POINTS, heldout_metrics
 from numpyro_ebm.training.model_io import saved_preprocessing
-from numpyro_ebm.training.validation import mixing_message
+from numpyro_ebm.training.validation import mixing_message, trusted_validation
 
 MINI = TRAINER_SETTINGS | dict(
     steps_per_epoch=4, num_walkers=32, num_particles=4, num_local_steps=1, fit_batch_size=16
@@ -407,3 +407,19 @@ def test_the_summary_of_a_file_run_names_its_validation_and_loss(file_run):
     summary = summary_line(metrics)
     assert summary.startswith("final_val_log_likelihood ")
     assert "final_loss " in summary and "top_right_weight" not in summary
+    # Whether the last validation is trusted is recorded, and the summary says so if it is not.
+    assert metrics["final_val_trusted"] == (trusted_validation(_unprefixed(metrics)) > -math.inf)
+    assert ("untrusted" in summary) == (not metrics["final_val_trusted"])
+
+
+def _unprefixed(metrics):
+    return {name.removeprefix("final_"): value for name, value in metrics.items()}
+
+
+@pytest.mark.parametrize(("ess", "untrusted"), [(2.47, True), (3000.0, False)])
+def test_the_summary_flags_an_untrusted_final_validation(ess, untrusted):
+    # A ULA run's last validation rested on 2 effective draws of 4096: the progress bar said
+    # "untrusted", the closing summary printed the too-high figure as it was.
+    metrics = {"final_val_log_likelihood": -2.929, "final_val_importance_ess": ess}
+    summary = summary_line(metrics | {"final_val_draws": 4096, "final_loss": 0.1})
+    assert ("(untrusted: ESS 2 of 4096 draws)" in summary) == untrusted

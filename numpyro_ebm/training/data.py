@@ -125,6 +125,8 @@ def training_data(
     else:
         dequantize = None if preprocess == "auto" else False
         preprocessing = Preprocessing.fit(raw, dequantize=dequantize, rng_key=key_train)
+    if dataset.data is not None and not preprocessing.dequantize:
+        _warn_if_discrete_columns(raw, spec)
     data = preprocessing.transform(raw, key_train)
     validation = None
     if raw_validation is not None:
@@ -159,6 +161,35 @@ def _check_no_constant_column(data: np.ndarray, spec: str) -> None:
             f"expected every coordinate of {spec!r} to vary, got column(s) {shown}{more} "
             f"constant over its {len(data)} training points: a density has no width there "
             "(its log-likelihood grows without bound). Drop those columns."
+        )
+
+
+#: Distinct integer values up to which a column of data that are not dequantised gets a warning.
+_FEW_VALUES = 20
+
+
+def _warn_if_discrete_columns(raw: np.ndarray, spec: str) -> None:
+    """Warn of columns that take a few integer values only, in data that are not dequantised.
+
+    A density can pile up on those values: a 0/1 column among four continuous ones took the
+    validation log-likelihood from -7.2 to -4.6 and rising under the default sampler, each
+    epoch a new best, where the exact value is about -7.25 (constant columns are refused).
+    """
+    raw = np.asarray(raw)
+    counts = [len(np.unique(column)) for column in raw.T]
+    discrete = [
+        (column, count)
+        for column, count in enumerate(counts)
+        if 1 < count <= _FEW_VALUES and np.all(np.mod(raw[:, column], 1.0) == 0.0)
+    ]
+    if discrete:
+        shown = ", ".join(f"{column} ({count} values)" for column, count in discrete[:10])
+        warn_user(
+            f"column(s) {shown} of {spec!r} take only a few integer values, and the data are "
+            "not dequantised: the density can pile up on those values, and the validation "
+            "log-likelihood then rises without the model getting better. Drop those columns, "
+            "or add U[0, 1) noise to them (all-integer data are dequantised by "
+            "preprocess='auto')."
         )
 
 

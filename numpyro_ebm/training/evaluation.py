@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -38,7 +39,11 @@ from numpyro_ebm.metrics import (
 from numpyro_ebm.training.heldout import heldout_metrics
 from numpyro_ebm.training.sampling import sample_energy
 from numpyro_ebm.training.trainer import TrainResult
-from numpyro_ebm.training.validation import MAX_TRAINING_RHAT
+from numpyro_ebm.training.validation import (
+    MAX_TRAINING_RHAT,
+    VALIDATION_KEY,
+    trusted_validation,
+)
 
 __all__ = ["evaluate"]
 
@@ -156,6 +161,8 @@ def evaluate(
     for name, value in last.items():
         if name not in skipped:
             metrics[f"final_{name}"] = value
+    if VALIDATION_KEY in last:  # an untrusted figure is too high, and chose nothing
+        metrics["final_val_trusted"] = trusted_validation(last) > -math.inf
     metrics["evaluation_s"] = time.perf_counter() - start
     return metrics
 

@@ -10,7 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from numpyro_ebm._warnings import warn_user
-from numpyro_ebm.training.validation import VALIDATION_KEY, trusted_validation
+from numpyro_ebm.training.validation import untrusted_note
 
 __all__ = ["EpochProgress", "chunk_size", "postfix", "runaway_message"]
 
@@ -63,11 +63,7 @@ def postfix(values: dict[str, Any]) -> str:
         for name, label in _POSTFIX_METRICS.items()
         if name in values
     )
-    if VALIDATION_KEY in values and trusted_validation(values) == -math.inf:
-        text += (
-            f" (untrusted: ESS {values.get('val_importance_ess', math.nan):.0f} of "
-            f"{values.get('val_draws', 0)} draws)"
-        )
+    text += untrusted_note(values)
     if "mode_weights" in values:
         text += ", w " + "/".join(f"{w:.2f}" for w in values["mode_weights"])
     return text

@@ -30,7 +30,7 @@ from numpyro_ebm.metrics import zone_weights_from_energy, zone_weights_from_samp
 from numpyro_ebm.preprocessing import Preprocessing
 
 __all__ = ["best_epoch", "mixing_message", "model_mode_weights", "negatives_rhat"]
-__all__ += ["epoch_extra", "should_stop", "trusted_validation", "validate"]
+__all__ += ["epoch_extra", "should_stop", "trusted_validation", "untrusted_note", "validate"]
 
 #: History key of the validation log-likelihood (mean nats per point, model coordinates).
 VALIDATION_KEY = "val_log_likelihood"
@@ -111,6 +111,22 @@ def trusted_validation(entry: dict[str, Any]) -> float:
     if draws and entry.get("val_importance_ess", draws) < MIN_VALIDATION_ESS_FRACTION * draws:
         return -math.inf
     return value if math.isfinite(value) else -math.inf
+
+
+def untrusted_note(entry: dict[str, Any]) -> str:
+    """What to print after a validation log-likelihood that is not trusted; ``""`` otherwise.
+
+    Example:
+        >>> untrusted_note({"val_log_likelihood": -14.7, "val_importance_ess": 3.9,
+        ...                 "val_draws": 256})
+        ' (untrusted: ESS 4 of 256 draws)'
+    """
+    if VALIDATION_KEY not in entry or trusted_validation(entry) > -math.inf:
+        return ""
+    return (
+        f" (untrusted: ESS {entry.get('val_importance_ess', math.nan):.0f} of "
+        f"{entry.get('val_draws', 0)} draws)"
+    )
 
 
 def _validations(history: list[dict[str, Any]]) -> list[tuple[int, float]]:
