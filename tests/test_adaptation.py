@@ -342,19 +342,21 @@ def _narrowing_global_accept_prob(seed):
     return float(np.mean(mcmc.get_extra_fields()["global_accept_prob"]))
 
 
-@pytest.mark.parametrize(
-    ("transformer", "healthy"), [("bounded", True), ("flowjax's softplus scale", False)]
-)
-def test_the_flow_keeps_fitting_while_the_walkers_narrow(monkeypatch, transformer, healthy):
+@pytest.mark.parametrize("transformer", ["bounded", "flowjax's softplus scale"])
+def test_the_flow_keeps_fitting_while_the_walkers_narrow(monkeypatch, transformer):
     # With flowjax's softplus scale the fitted flow turned explosive as the walkers narrowed,
     # some buffered points got log-density -inf, every later fit step was skipped and the
     # global acceptance ended near 0.07 (negative control). Since the preconditioner pools
-    # only rounds that were run, it narrows with the walkers sooner and the softplus scale
-    # fails in some seeds only: 0.06 and 0.14 with seeds 1 and 3, 0.87 with 0 and 2. With the
-    # bounded scale it is about 0.87 for every seed tried (0–3). 0.5 is far from both.
-    if transformer != "bounded":
+    # only rounds that were run, and the walkers settle before the first global move, the
+    # softplus scale fails in some seeds only: 0.24, 0.19, 0.06, 0.04, 0.04 with seeds 0, 2, 3,
+    # 4, 6, and 0.87 with 1, 5, 7. With the bounded scale it is about 0.87 for every seed tried
+    # (0–4). 0.5 is far from both. The control must fail in one of six seeds, which a flow
+    # failing in 5 of 8 misses with probability (3/8)^6 = 0.3 %.
+    if transformer == "bounded":
+        assert all(_narrowing_global_accept_prob(seed) > 0.5 for seed in (0, 1))
+    else:
         monkeypatch.setattr(flows, "bounded_affine", Affine)
-    assert (_narrowing_global_accept_prob(seed=1) > 0.5) == healthy
+        assert any(_narrowing_global_accept_prob(seed) < 0.5 for seed in range(6))
 
 
 # -- The README's two-mode target away from the origin ----------------------------------------
