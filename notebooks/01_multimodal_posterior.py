@@ -56,8 +56,8 @@ from numpyro_ebm.health import check_run
 FAST = os.environ.get("NUMPYRO_EBM_FAST", "0") == "1"
 
 # Fast mode only shrinks the runs; the model, the data and the seeds are the same.
-NUM_WALKERS = 32 if FAST else 128  # FlowMCKernel walkers (NumPyro's chains)
-NUM_FLOW_WARMUP = 100 if FAST else 500
+NUM_WALKERS = 64 if FAST else 128  # FlowMCKernel walkers (NumPyro's chains)
+NUM_FLOW_WARMUP = 150 if FAST else 500
 NUM_FLOW_SAMPLES = 100 if FAST else 500
 NUM_NUTS_WARMUP = 200 if FAST else 1000
 NUM_NUTS_SAMPLES = 200 if FAST else 1000

@@ -108,6 +108,16 @@ def mixture_model():
     numpyro.factor("mixture", -mixture_potential(x))
 
 
+def without_settling(kernel):
+    """``kernel`` making global moves from its first warm-up round, as before settling existed.
+
+    Controls that reproduce a failure seen without settling (see ``tests/test_settling.py``)
+    use it: the random stream is the same, so the run is the one that failed.
+    """
+    kernel._round_options["settle_rounds"] = 0
+    return kernel
+
+
 def vectorized_mcmc(kernel, num_warmup: int, num_samples: int, num_walkers: int, **options):
     """NumPyro's ``MCMC`` of ``kernel`` with ``num_walkers`` walkers (no progress bar unless
     ``options`` ask for one)."""

@@ -16,7 +16,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
-from _targets import round_config, two_sided_z, vectorized_mcmc
+from _targets import round_config, two_sided_z, vectorized_mcmc, without_settling
 from flowjax.bijections import Affine
 from flowjax.distributions import Normal
 from numpyro.infer.initialization import init_to_uniform
@@ -670,9 +670,11 @@ def _ten_observations(y):
         numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
 
 
-def _sampling_health(num_warmup):
+def _sampling_health(num_warmup, settle=True):
     """Global acceptance and stranded share of the kept rounds, warm-up as long as the buffer."""
     kernel = FlowMCKernel(_ten_observations, buffer_size=num_warmup)
+    if not settle:
+        without_settling(kernel)
     mcmc = vectorized_mcmc(kernel, num_warmup, 100, 32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -698,5 +700,6 @@ def test_control_the_copies_of_the_initial_positions_pooled_leave_the_flow_off(m
         return state.buffer, jnp.ones((len(state.buffer), 1), bool)
 
     monkeypatch.setattr(warmup, "preconditioner_points", every_row)
-    accept, stranded = _sampling_health(50)
+    # Without settling, as when the bug was found: settled walkers hid it in this run (0.95).
+    accept, stranded = _sampling_health(50, settle=False)
     assert accept < 0.6 and stranded > 0.15, (accept, stranded)
