@@ -20,7 +20,7 @@ import numpy as np
 from numpyro_ebm._checks import typed_key
 from numpyro_ebm._warnings import warn_user
 from numpyro_ebm.datasets import Dataset, get_dataset
-from numpyro_ebm.preprocessing import Preprocessing
+from numpyro_ebm.preprocessing import Preprocessing, is_integer_valued
 
 __all__ = ["TrainingData", "training_data"]
 
@@ -175,13 +175,9 @@ def _warn_if_discrete_columns(raw: np.ndarray, spec: str) -> None:
     validation log-likelihood from -7.2 to -4.6 and rising under the default sampler, each
     epoch a new best, where the exact value is about -7.25 (constant columns are refused).
     """
-    raw = np.asarray(raw)
-    counts = [len(np.unique(column)) for column in raw.T]
-    discrete = [
-        (column, count)
-        for column, count in enumerate(counts)
-        if 1 < count <= _FEW_VALUES and np.all(np.mod(raw[:, column], 1.0) == 0.0)
-    ]
+    columns = np.asarray(raw).T
+    counts = {i: len(np.unique(c)) for i, c in enumerate(columns) if is_integer_valued(c)}
+    discrete = [(column, count) for column, count in counts.items() if 1 < count <= _FEW_VALUES]
     if discrete:
         shown = ", ".join(f"{column} ({count} values)" for column, count in discrete[:10])
         warn_user(
